@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make book` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+# torch and torchvision must come from the same release; the registry's wheels carry CUDA and
+# also run on the CPU.
+TORCH := torch==2.15.0 torchvision==0.29.2
+STAMP := $(VENV)/.advlib-installed
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: book test data lab clean setup
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e ".[book,test]"
+	$(PY) -m pip install --quiet --no-deps torchattacks==3.5.1
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(PY) -m advlib.data $(if $(filter paper,$(PROFILE)),cifar10,fashion-mnist)
+
+test: $(STAMP) data
+	$(PY) -m pytest -q
+
+book: $(STAMP) data
+	$(PY) book/build.py --profile $(PROFILE)
+
+lab: $(STAMP)
+	$(PY) -m jupyter lab notebooks/
+
+clean:
+	rm -rf _build
