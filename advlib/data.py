@@ -1,0 +1,296 @@
+"""Datasets (CIFAR-10, CIFAR-100, Fashion-MNIST) as tensors, and a loader that keeps them on the device.
+
+Images are ``uint8`` tensors of shape ``(N, C, 32, 32)``; the loader turns each batch into floats in
+[0, 1] on the target device and applies the random crop and flip there, instead of per-sample PIL
+transforms, so a GPU is never starved by the CPU (as in Keller Jordan's airbench).
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import paths
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    title: str
+    num_classes: int
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: tuple[str, ...]
+    image_size: int = 32
+
+
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                    "Ankle boot")
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo("cifar10", "CIFAR-10", 10, 3, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+                           _CIFAR10_CLASSES),
+    "cifar100": DatasetInfo("cifar100", "CIFAR-100", 100, 3, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+                            tuple(f"class {i}" for i in range(100))),
+    # Statistics of the 28x28 images zero-padded to 32x32.
+    "fashion-mnist": DatasetInfo("fashion-mnist", "Fashion-MNIST", 10, 1, (0.2190,), (0.3318,), _FASHION_CLASSES),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset is not on disk and could not be downloaded; the message says how to get it."""
+
+
+def info(name: str) -> DatasetInfo:
+    """Metadata of a dataset: number of classes, channels, normalisation statistics, class names."""
+    key = name.strip().lower().replace("_", "-")
+    key = {"fashion-mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
+           "cifar-100": "cifar100"}.get(key, key)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    return DATASETS[key]
+
+
+@dataclass
+class ImageSet:
+    """A split of a dataset: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    info: DatasetInfo
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """``n`` examples drawn without replacement (all of them if ``n`` is None or too large)."""
+        if n is None or n >= len(self):
+            return self
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return ImageSet(self.images[index], self.labels[index], self.info)
+
+    def split(self, n_holdout: int, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
+        """(rest, holdout): a held-out slice of ``n_holdout`` examples, e.g. for per-epoch validation."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        rest, holdout = order[n_holdout:].sort().values, order[:n_holdout].sort().values
+        return (ImageSet(self.images[rest], self.labels[rest], self.info),
+                ImageSet(self.images[holdout], self.labels[holdout], self.info))
+
+    def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as floats in [0, 1] and their labels, on ``device``."""
+        return self.images.to(device).float().div_(255), self.labels.to(device)
+
+
+def load(name: str, split: str = "train", *, root: str | Path | None = None, download: bool = True) -> ImageSet:
+    """Load ``split`` ("train" or "test") of ``name`` ("cifar10", "cifar100", "fashion-mnist").
+
+    Looks in ``root`` (default :func:`advlib.paths.data_dir`, set by ``$ADVLIB_DATA``); Fashion-MNIST
+    also in the Debian package's folder. Missing data is downloaded through torchvision on first
+    use when ``download`` is true; otherwise, or offline, a :class:`DatasetNotFoundError` says
+    where it looked and how to get the files.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    meta = info(name)
+    root = Path(root) if root is not None else paths.data_dir()
+    reader = _fashion_mnist if meta.name == "fashion-mnist" else _cifar
+    images, labels = reader(meta, split, root, download)
+    return ImageSet(images, labels, meta)
+
+
+# --- Fashion-MNIST: IDX files, gzipped (Debian, the original site) or not (torchvision) -------------
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+              "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format: big-endian dims after a magic number), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(tuple(int(d) for d in dims))
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _fashion_mnist(meta: DatasetInfo, split: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    folders = [root / "FashionMNIST" / "raw", root / "fashion-mnist", DEBIAN_FASHION_MNIST]
+    image_stem, label_stem = _IDX_FILES[split]
+
+    def locate() -> tuple[Path, Path] | None:
+        for folder in folders:
+            image_file, label_file = _find_idx(folder, image_stem), _find_idx(folder, label_stem)
+            if image_file and label_file:
+                return image_file, label_file
+        return None
+
+    found = locate()
+    if found is None:
+        _download(meta, root, download, folders,
+                  how="install the Debian package (apt-get install dataset-fashion-mnist), or put the four "
+                      "*-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist into "
+                      f"{root / 'fashion-mnist'}")
+        found = locate()
+        assert found is not None, "torchvision's download did not produce the IDX files"
+    images = torch.from_numpy(read_idx(found[0]).copy()).unsqueeze(1)
+    labels = torch.from_numpy(read_idx(found[1]).astype(np.int64))
+    return F.pad(images, (2, 2, 2, 2)), labels
+
+
+# --- CIFAR: the "python version" pickles ------------------------------------------------------------
+
+_CIFAR_LAYOUT = {
+    "cifar10": ("cifar-10-batches-py", {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+                "labels"),
+    "cifar100": ("cifar-100-python", {"train": ["train"], "test": ["test"]}, "fine_labels"),
+}
+
+
+def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pickled CIFAR batch: ``data`` (N, 3072) uint8 rows of R, G, B planes, and its labels."""
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="latin1")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise ValueError(f"{path}: expected data of shape (N, 3072), found {data.shape}")
+    return data.reshape(-1, 3, 32, 32), np.asarray(batch[label_key], dtype=np.int64)
+
+
+def _cifar(meta: DatasetInfo, split: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    folder_name, files, label_key = _CIFAR_LAYOUT[meta.name]
+    folder = root / folder_name
+    if not all((folder / f).is_file() for f in files[split]):
+        archive = "cifar-10-python.tar.gz" if meta.name == "cifar10" else "cifar-100-python.tar.gz"
+        _download(meta, root, download, [folder],
+                  how=f"download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
+                      f"into {root} (or point $ADVLIB_DATA at a folder that holds {folder_name}/)")
+    parts = [read_cifar_batch(folder / f, label_key) for f in files[split]]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _download(meta: DatasetInfo, root: Path, download: bool, looked_in: list[Path], how: str) -> None:
+    """Fetch ``meta`` through torchvision into ``root``, staging in a temporary folder so that a
+    failed or interrupted download leaves nothing half-written behind."""
+    where = ", ".join(str(p) for p in looked_in)
+    if not download:
+        raise DatasetNotFoundError(f"{meta.title} not found (looked in {where}) and download=False. To fix: {how}.")
+    import torchvision.datasets as tvd
+
+    dataset_class = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "fashion-mnist": tvd.FashionMNIST}[meta.name]
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    try:
+        for train in (True, False):
+            dataset_class(root=str(staging), train=train, download=True)
+        for entry in staging.iterdir():
+            if not entry.name.endswith((".tar.gz", ".zip")):
+                target = root / entry.name
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.move(str(entry), str(target))
+    except Exception as error:  # torchvision raises URLError, RuntimeError, OSError... when offline
+        raise DatasetNotFoundError(
+            f"{meta.title} not found (looked in {where}) and the download failed "
+            f"({type(error).__name__}: {error}). To fix: {how}."
+        ) from error
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- the loader -------------------------------------------------------------------------------------
+
+class TensorLoader:
+    """Batches of ``(x, y)`` with ``x`` float in [0, 1] on ``device``; data stays on the device.
+
+    Shuffling and augmentation draw from a generator seeded by ``(seed, epoch)``, so an epoch's
+    batches do not depend on what ran before it: a resumed run sees the same batches as an
+    uninterrupted one. Augmentation is the CIFAR standard: zero-pad 4, random 32x32 crop, flip.
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = False, augment: bool = False,
+                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.device = torch.device(device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.labels)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.device)
+        for b in range(len(self)):
+            index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            x = self.images[index].float().div_(255)
+            if self.augment:
+                x = random_crop_flip(x, generator)
+            yield x, self.labels[index]
+
+
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Per-example random crop (after zero padding) and horizontal flip, done on ``x``'s device."""
+    n, _, h, w = x.shape
+    shift = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = F.pad(x, (padding,) * 4)
+    rows = (shift[0, :, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (shift[1, :, None] + torch.arange(w, device=x.device))
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    channel = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows, cols]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m advlib.data NAME...``: make sure the datasets are on disk (downloading if needed)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("names", nargs="+", choices=sorted(DATASETS))
+    args = parser.parse_args(argv)
+    for name in args.names:
+        for split in ("train", "test"):
+            images = load(name, split)
+            print(f"{info(name).title} {split}: {len(images)} images of shape {tuple(images.images.shape[1:])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Shared fixtures: Fashion-MNIST (offline, from the Debian package or $ADVLIB_DATA) and a small
+trained classifier, cached like every other advlib artifact so it trains once per machine."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advlib import cache, data, models
+from advlib.evaluation import accuracy
+from advlib.training import fit
+
+SMALL_MODEL_CONFIG = {
+    "purpose": "tests", "arch": "small_cnn", "dataset": "fashion-mnist", "train_subset": 10000, "epochs": 2,
+    "batch_size": 128, "seed": 0,
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
+    "schedule": {"interpolate": "linear", "points": [[0.0, 1.0], [1.0, 0.0]]},
+}
+
+
+@pytest.fixture(scope="session")
+def fashion_test() -> data.ImageSet:
+    return data.load("fashion-mnist", "test")
+
+
+@pytest.fixture(scope="session")
+def small_model() -> torch.nn.Module:
+    """A small CNN trained for two epochs on 10k Fashion-MNIST images (about 85-88 % test accuracy)."""
+    config = SMALL_MODEL_CONFIG
+    torch.manual_seed(config["seed"])
+    model = models.for_dataset(config["arch"], config["dataset"])
+
+    def train(model, checkpoint):
+        train_set = data.load(config["dataset"], "train").subset(config["train_subset"], config["seed"])
+        loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, seed=config["seed"])
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
+                   schedule=config["schedule"], checkpoint=checkpoint, desc="test model")
+
+    model, _ = cache.load_or_train("test-small-cnn", config, model, train, verbose=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def test_batch(fashion_test) -> tuple[torch.Tensor, torch.Tensor]:
+    """256 fixed test images (floats in [0, 1]) and labels."""
+    return fashion_test.subset(256, seed=1).tensors()
+

@@ -1,0 +1,157 @@
+"""advlib.data: real Fashion-MNIST, CIFAR files in the real on-disk format, the on-device loader."""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from advlib import data
+
+
+def write_cifar(root: Path, name: str, n_train_per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict:
+    """Write tiny CIFAR-10/100 'python version' files: pickled dicts as in the original archives."""
+    rng = np.random.default_rng(seed)
+    folder, train_files, test_files, label_key, n_classes = {
+        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
+        "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
+    }[name]
+    (root / folder).mkdir(parents=True)
+    written = {}
+    for split, files in (("train", train_files), ("test", test_files)):
+        images, labels = [], []
+        for file in files:
+            n = n_test if split == "test" else n_train_per_batch
+            rows = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+            batch_labels = rng.integers(0, n_classes, size=n).tolist()
+            batch = {"batch_label": f"{file} of tiny test set", "data": rows, label_key: batch_labels,
+                     "filenames": [f"img_{i}.png" for i in range(n)]}
+            with open(root / folder / file, "wb") as f:
+                pickle.dump(batch, f, protocol=2)
+            images.append(rows)
+            labels += batch_labels
+        written[split] = (np.concatenate(images), np.array(labels))
+    return written
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_on_disk_format(tmp_path, name):
+    written = write_cifar(tmp_path, name)
+    for split in ("train", "test"):
+        loaded = data.load(name, split, root=tmp_path, download=False)
+        rows, labels = written[split]
+        assert loaded.images.dtype == torch.uint8 and loaded.images.shape == (len(rows), 3, 32, 32)
+        # A row stores the red plane, then green, then blue, each row-major.
+        assert loaded.images[0, 0, 0, 0] == rows[0, 0]
+        assert loaded.images[0, 0, 0, 1] == rows[0, 1]
+        assert loaded.images[0, 0, 1, 0] == rows[0, 32]
+        assert loaded.images[0, 1, 0, 0] == rows[0, 1024]
+        assert loaded.images[-1, 2, 31, 31] == rows[-1, 3071]
+        assert torch.equal(loaded.labels, torch.from_numpy(labels))
+        assert loaded.info.in_channels == 3 and loaded.info.num_classes == (10 if name == "cifar10" else 100)
+
+
+def test_cifar_missing_offline_names_place_and_fix(tmp_path):
+    with pytest.raises(data.DatasetNotFoundError) as error:
+        data.load("cifar10", "train", root=tmp_path, download=False)
+    message = str(error.value)
+    assert str(tmp_path / "cifar-10-batches-py") in message
+    assert "cifar-10-python.tar.gz" in message and "ADVLIB_DATA" in message
+
+
+def test_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    def offline(root, train, download):
+        (Path(root) / "cifar-10-python.tar.gz").write_bytes(b"half a download")
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(tvd, "CIFAR10", offline)
+    with pytest.raises(data.DatasetNotFoundError, match="download failed .*network is unreachable"):
+        data.load("cifar10", "test", root=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_idx_round_trip_and_truncation(tmp_path):
+    values = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">iii", 2, 3, 4)
+    with gzip.open(tmp_path / "x-idx3-ubyte.gz", "wb") as f:
+        f.write(header + values.tobytes())
+    (tmp_path / "cut-idx3-ubyte").write_bytes(header + values.tobytes()[:-1])
+    assert np.array_equal(data.read_idx(tmp_path / "x-idx3-ubyte.gz"), values)
+    with pytest.raises(ValueError, match="truncated"):
+        data.read_idx(tmp_path / "cut-idx3-ubyte")
+
+
+def test_fashion_mnist_real_files(fashion_test):
+    train = data.load("fashion-mnist", "train")
+    assert len(train) == 60000 and len(fashion_test) == 10000
+    assert fashion_test.images.shape == (10000, 1, 32, 32) and fashion_test.images.dtype == torch.uint8
+    # Zero padding from 28x28 to 32x32: a 2-pixel black border.
+    border = torch.cat([fashion_test.images[..., :2, :].flatten(), fashion_test.images[..., -2:, :].flatten(),
+                        fashion_test.images[..., :, :2].flatten(), fashion_test.images[..., :, -2:].flatten()])
+    assert border.max() == 0
+    assert torch.equal(torch.bincount(fashion_test.labels), torch.full((10,), 1000))
+    x, y = fashion_test.subset(50).tensors()
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and y.dtype == torch.int64
+
+
+def test_unknown_dataset_and_split():
+    with pytest.raises(ValueError, match="known datasets: cifar10, cifar100, fashion-mnist"):
+        data.load("mnist")
+    with pytest.raises(ValueError, match="split"):
+        data.load("fashion-mnist", "validation")
+
+
+def _tiny_set(n: int = 10) -> data.ImageSet:
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 32, 32).contiguous()
+    return data.ImageSet(images, torch.arange(n), data.info("fashion-mnist"))
+
+
+def test_loader_shapes_range_and_coverage():
+    loader = data.TensorLoader(_tiny_set(10), batch_size=4, shuffle=True, seed=3)
+    batches = list(loader)
+    assert [len(y) for _, y in batches] == [4, 4, 2] and len(loader) == 3
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(10))
+    for x, y in batches:
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 32, 32)
+        assert torch.allclose(x[:, 0, 0, 0], y.float() / 255)
+    assert len(data.TensorLoader(_tiny_set(10), batch_size=4, drop_last=True)) == 2
+
+
+def test_loader_is_deterministic_per_seed_and_epoch():
+    def order(seed: int, epoch: int) -> list[int]:
+        loader = data.TensorLoader(_tiny_set(50), batch_size=50, shuffle=True, augment=True, seed=seed)
+        loader.set_epoch(epoch)
+        return next(iter(loader))[1].tolist()
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1)
+    assert order(0, 0) != order(1, 0)
+    state = torch.get_rng_state()
+    order(0, 2)
+    assert torch.equal(state, torch.get_rng_state()), "the loader must not draw from the global RNG"
+
+
+def test_random_crop_flip_is_a_crop_of_the_padded_image():
+    x = torch.rand(6, 2, 8, 8)
+    out = data.random_crop_flip(x, torch.Generator().manual_seed(0), padding=2)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(len(x)):
+        candidates = [padded[i, :, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
+        candidates += [crop.flip(-1) for crop in candidates]
+        assert any(torch.equal(out[i], crop) for crop in candidates)
+    assert not torch.equal(out, x), "six images all left in place is vanishingly unlikely"
+
+
+def test_subset_and_split_are_disjoint_and_seeded():
+    full = _tiny_set(20)
+    rest, holdout = full.split(5, seed=1)
+    assert len(holdout) == 5 and len(rest) == 15
+    assert set(rest.labels.tolist()).isdisjoint(holdout.labels.tolist())
+    assert torch.equal(full.subset(7, seed=2).labels, full.subset(7, seed=2).labels)
+    assert full.subset(None) is full
