@@ -1,0 +1,138 @@
+"""ResNets for 32x32 images.
+
+* ``resnet20`` / ``resnet56``: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016,
+  Sec. 4.2 — 3 stages of n basic blocks with 16/32/64 channels (depth 6n+2), identity shortcuts
+  with zero-padded channels ("option A"), 0.27M / 0.85M parameters.
+* ``resnet18``: the ImageNet ResNet-18 with a 3x3 stem and no max-pool (the CIFAR variant used
+  by SAAD, DYNAT and most adversarial-robustness code).
+* ``preact_resnet18``: He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import MODELS
+
+
+class _CifarBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.stride, self.extra_channels = stride, cout - cin
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1 and self.extra_channels == 0:
+            return x
+        x = x[:, :, ::self.stride, ::self.stride]
+        half = self.extra_channels // 2
+        return F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """He et al. (2016) CIFAR ResNet of depth ``6 * blocks_per_stage + 2``."""
+
+    def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        stages, cin = [], 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(blocks_per_stage):
+                stages.append(_CifarBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stages(F.relu(self.bn(self.conv(x))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+@MODELS.register("resnet20")
+def resnet20(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return CifarResNet(3, num_classes, in_channels)
+
+
+@MODELS.register("resnet56")
+def resnet56(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return CifarResNet(9, num_classes, in_channels)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class _PreActBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        return self.conv2(F.relu(self.bn2(out))) + shortcut
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 (4 stages x 2 blocks, 64-512 channels) with a 3x3 stem for 32x32 inputs."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, preact: bool = False) -> None:
+        super().__init__()
+        block = _PreActBlock if preact else _BasicBlock
+        self.preact = preact
+        self.conv = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(512 if preact else 64)
+        layers, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [block(cin, cout, stride), block(cout, cout, 1)]
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preact:
+            out = F.relu(self.bn(self.layers(self.conv(x))))
+        else:
+            out = self.layers(F.relu(self.bn(self.conv(x))))
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+@MODELS.register("resnet18")
+def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return ResNet18(num_classes, in_channels)
+
+
+@MODELS.register("preact_resnet18")
+def preact_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return ResNet18(num_classes, in_channels, preact=True)
