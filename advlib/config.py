@@ -1,0 +1,184 @@
+"""Profiles, devices and the set-up banner that opens every notebook.
+
+Two profiles fix every hyperparameter of the book:
+
+* ``quick`` — CPU, Fashion-MNIST, small subsets and few epochs: minutes per chapter. CI runs it and
+  the rendered book shows it. Its numbers teach the method; they are not the papers' numbers.
+* ``paper`` — GPU, CIFAR-10, the seeds' hyperparameters.
+
+Learning-rate schedules are piecewise functions of training progress (0 at the start, 1 at the
+end), so changing ``epochs`` keeps their shape.
+"""
+from __future__ import annotations
+
+import copy
+import contextlib
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import paths
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "description": "CPU-sized: Fashion-MNIST, training subsets and few epochs; numbers are illustrative, "
+                       "not the papers'",
+        "dataset": "fashion-mnist",
+        "eval_subset": 1000,
+        "classifier": {
+            "arch": "resnet20", "epochs": 4, "batch_size": 128, "train_subset": 20000, "holdout": 1000,
+            "augment": True,
+            "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
+            # one-cycle: linear warm-up over the first fifth, then linear decay to zero
+            "schedule": {"interpolate": "linear", "points": [[0.0, 0.1], [0.2, 1.0], [1.0, 0.0]]},
+        },
+    },
+    "paper": {
+        "description": "GPU-sized: CIFAR-10 and the hyperparameters of the seed papers",
+        "dataset": "cifar10",
+        "eval_subset": None,
+        "classifier": {
+            # He et al. 2016, Sec. 4.2: 64k iterations of batch 128 (~164 epochs), lr /10 at 50 % and 75 %.
+            "arch": "resnet56", "epochs": 164, "batch_size": 128, "train_subset": None, "holdout": 5000,
+            "augment": True,
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
+            "schedule": {"interpolate": "step", "points": [[0.0, 1.0], [0.5, 0.1], [0.75, 0.01]]},
+        },
+    },
+}
+
+
+def profile_config(profile: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A deep copy of ``profile``'s configuration with dotted-key overrides applied,
+    e.g. ``{"classifier.epochs": 5}``."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known profiles: {', '.join(PROFILES)}")
+    config = copy.deepcopy(PROFILES[profile])
+    for dotted, value in (overrides or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise KeyError(f"override {dotted!r}: profile {profile!r} has no section {key!r}")
+            node = node[key]
+        if leaf not in node:
+            raise KeyError(f"override {dotted!r}: profile {profile!r} has no setting {leaf!r} "
+                           f"(settings there: {', '.join(node)})")
+        node[leaf] = value
+    return config
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU; anything else is passed to ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} was asked for but this machine has no CUDA GPU; "
+                           "use device='auto' or 'cpu'")
+    return resolved
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed), nothing on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Move ``model`` to ``device``; channels-last memory layout on CUDA, where convolutions are faster in it."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Run:
+    """What a notebook runs under: profile, dataset, device, seed and the resolved configuration."""
+
+    profile: str
+    dataset: str
+    device: torch.device
+    seed: int
+    config: dict[str, Any]
+    started: float = field(default_factory=time.time)
+
+    @property
+    def results_dir(self) -> Path:
+        return paths.results_dir(self.profile, self.dataset)
+
+    def banner(self) -> str:
+        import torchvision
+
+        from . import __version__
+
+        gpu = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
+        return "\n".join([
+            f"advlib {__version__} | profile {self.profile!r}: {self.config['description']}",
+            f"dataset {self.dataset} | device {self.device}{gpu} | seed {self.seed}",
+            f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}"
+            f" | started {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        ])
+
+    def save_results(self, name: str, table: Any) -> Path:
+        """Write ``table`` (JSON-serialisable) to ``<results_dir>/<name>.json`` atomically, with the
+        profile, dataset and seed that produced it."""
+        from .cache import atomic_write_json
+
+        path = self.results_dir / f"{name}.json"
+        atomic_write_json({"profile": self.profile, "dataset": self.dataset, "seed": self.seed, "results": table},
+                          path)
+        return path
+
+    def finish(self) -> None:
+        """Print the wall time since :func:`setup`; the last cell of every notebook calls it."""
+        minutes, seconds = divmod(time.time() - self.started, 60)
+        print(f"profile {self.profile!r} on {self.device}: {int(minutes)} min {seconds:.0f} s wall time")
+
+
+def setup(profile: str = "quick", dataset: str | None = None, device: str = "auto", seed: int = 0,
+          overrides: dict[str, Any] | None = None, quiet: bool = False) -> Run:
+    """Resolve a notebook's parameters into a :class:`Run`, seed every RNG and print the banner."""
+    from .data import info
+
+    config = profile_config(profile, overrides)
+    dataset_name = info(dataset or config["dataset"]).name
+    config["dataset"] = dataset_name
+    run = Run(profile, dataset_name, resolve_device(device), int(seed), config)
+    seed_everything(run.seed)
+    if run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if not quiet:
+        print(run.banner(), file=sys.stdout)
+    return run
+
+
+def progress_enabled() -> bool:
+    """Progress bars are for people: batch runs (``make book``) set ``ADVLIB_PROGRESS=0``."""
+    import os
+
+    return os.environ.get("ADVLIB_PROGRESS", "1") != "0"
+
+
+def iterate(iterable: Any, desc: str = "", total: int | None = None) -> Iterator:
+    """``tqdm.auto`` around ``iterable`` when progress bars are enabled."""
+    if not progress_enabled():
+        return iter(iterable)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(iterable, desc=desc, total=total, leave=False))

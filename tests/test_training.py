@@ -1,0 +1,140 @@
+"""advlib.training and advlib.cache: schedules, resume after a kill, load-or-train."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advlib import cache
+from advlib.training import lr_multiplier
+
+STEP = {"interpolate": "step", "points": [[0.0, 1.0], [0.5, 0.1], [0.75, 0.01]]}
+ONE_CYCLE = {"interpolate": "linear", "points": [[0.0, 0.1], [0.2, 1.0], [1.0, 0.0]]}
+
+
+@pytest.mark.parametrize("schedule, progress, expected", [
+    (STEP, 0.0, 1.0), (STEP, 0.49, 1.0), (STEP, 0.5, 0.1), (STEP, 0.8, 0.01), (STEP, 1.0, 0.01),
+    (ONE_CYCLE, 0.0, 0.1), (ONE_CYCLE, 0.1, 0.55), (ONE_CYCLE, 0.2, 1.0), (ONE_CYCLE, 0.6, 0.5),
+    (ONE_CYCLE, 1.0, 0.0),
+])
+def test_lr_multiplier_by_hand(schedule, progress, expected):
+    assert lr_multiplier(progress, schedule) == pytest.approx(expected)
+
+
+# The child trains 3 epochs with a checkpoint; during epoch 2's evaluation (after epoch 1 was
+# checkpointed) it signals the parent, which kills it with SIGKILL.
+TRAINING_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    from advlib import data, models
+    from advlib.training import fit
+
+    checkpoint, marker, mode = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    torch.manual_seed(0)
+    model = models.build("small_cnn", 10, 1, width=8)
+    images = torch.randint(0, 256, (96, 1, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(96) % 10
+    loader = data.TensorLoader(data.ImageSet(images, labels, data.info("fashion-mnist")), 32, shuffle=True,
+                               augment=True, seed=5)
+
+    def evaluate(model):
+        if mode == "kill" and checkpoint.exists():
+            marker.touch()
+            time.sleep(600)
+        return {}
+
+    fit(model, loader, epochs=3, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        schedule={"interpolate": "linear", "points": [[0, 1], [1, 0]]}, checkpoint=checkpoint,
+        evaluate=evaluate)
+    torch.save(model.state_dict(), checkpoint.parent / "final.pth")
+""")
+
+
+def _train(tmp: Path, mode: str) -> subprocess.Popen:
+    script = tmp / "train.py"
+    script.write_text(TRAINING_SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), str(tmp / "run.partial.pt"), str(tmp / "killed"), mode],
+                            env={**os.environ, "ADVLIB_PROGRESS": "0"}, stdout=subprocess.DEVNULL)
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    reference_dir.mkdir()
+    killed_dir.mkdir()
+    assert _train(reference_dir, "plain").wait(timeout=300) == 0
+
+    victim = _train(killed_dir, "kill")
+    deadline = time.time() + 300
+    while not (killed_dir / "killed").exists():
+        assert victim.poll() is None and time.time() < deadline, "the training child ended before the kill"
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    state = torch.load(killed_dir / "run.partial.pt", weights_only=True)
+    assert len(state["history"]) == 1, "the kill came after exactly one checkpointed epoch"
+    assert not list(killed_dir.glob(".*.tmp")), "no half-written checkpoint is left behind"
+
+    (killed_dir / "killed").unlink()
+    assert _train(killed_dir, "plain").wait(timeout=300) == 0
+    reference = torch.load(reference_dir / "final.pth", weights_only=True)
+    resumed = torch.load(killed_dir / "final.pth", weights_only=True)
+    assert reference.keys() == resumed.keys()
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path):
+    calls = []
+
+    def train(model, checkpoint):
+        calls.append(checkpoint)
+        with torch.no_grad():
+            model.weight.fill_(3.0)
+        return [{"epoch": 1, "loss": 0.5}]
+
+    config = {"arch": "linear", "epochs": 1}
+    model, history = cache.load_or_train("toy", config, torch.nn.Linear(2, 2), train, root=tmp_path, verbose=False)
+    again, history_again = cache.load_or_train("toy", config, torch.nn.Linear(2, 2), train, root=tmp_path,
+                                               verbose=False)
+    assert len(calls) == 1 and torch.equal(again.weight, torch.full((2, 2), 3.0))
+    assert history_again == history == [{"epoch": 1, "loss": 0.5}]
+    assert cache.artifact_path("toy", config, tmp_path).is_file()
+    assert not calls[0].exists(), "the partial checkpoint is removed once the artifact is saved"
+
+    cache.load_or_train("toy", {**config, "epochs": 2}, torch.nn.Linear(2, 2), train, root=tmp_path, verbose=False)
+    assert len(calls) == 2, "a different configuration is a cache miss"
+
+
+def test_config_hash_ignores_key_order_but_not_values():
+    assert cache.config_hash({"a": 1, "b": [1, 2]}) == cache.config_hash({"b": [1, 2], "a": 1})
+    assert cache.config_hash({"a": 1}) != cache.config_hash({"a": 2})
+
+
+def test_atomic_save_keeps_the_old_file_when_saving_fails(tmp_path):
+    path = tmp_path / "model.pt"
+    cache.atomic_save({"w": torch.ones(1)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError):
+        cache.atomic_save({"w": Unpicklable()}, path)
+    assert torch.equal(cache.load(path)["w"], torch.ones(1))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_cache_files_load_with_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"payload": print}, path)
+    with pytest.raises(Exception):
+        cache.load(path)
