@@ -24,7 +24,7 @@ def show_image(ax: plt.Axes, image: torch.Tensor, title: str | None = None) -> N
 def class_grid(images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], per_class: int = 8
                ) -> plt.Figure:
     """A row of ``per_class`` examples for every class."""
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.95))
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.6 + 0.8, len(classes) * 0.62))
     for row, name in enumerate(classes):
         index = (labels == row).nonzero().flatten()[:per_class]
         for col in range(per_class):

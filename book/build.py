@@ -34,12 +34,23 @@ def unexecuted_cells(path: Path) -> list[int]:
     return bad
 
 
+def hide_injected_parameters(path: Path) -> None:
+    """Tag the cell papermill injects with ``remove-cell``: the banner already names the profile."""
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(notebook, path)
+
+
 def execute(notebook: Path, profile: str, timeout: int) -> Path:
     target = STAGE / "notebooks" / notebook.name
     started = time.time()
     print(f"executing {notebook.relative_to(ROOT)} (profile {profile})", flush=True)
     papermill.execute_notebook(str(notebook), str(target), parameters={"profile": profile}, kernel_name="python3",
                                cwd=str(target.parent), execution_timeout=timeout, progress_bar=False)
+    hide_injected_parameters(target)
     bad = unexecuted_cells(target)
     if bad:
         raise SystemExit(f"{notebook.name}: code cells {bad} did not execute cleanly")
