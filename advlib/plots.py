@@ -47,6 +47,7 @@ def learning_curves(history: Sequence[dict[str, Any]], panels: dict[str, Sequenc
         for key in keys:
             ax.plot(epochs, [record[key] for record in history], marker="o", label=key)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -66,5 +67,139 @@ def confusion_heatmap(confusion: torch.Tensor, classes: Sequence[str], normalize
                 cbar_kws={"label": "% of the true class"}, ax=ax)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    fig.tight_layout()
+    return fig
+
+
+def image_rows(rows: dict[str, torch.Tensor], titles: Sequence[str] | None = None) -> plt.Figure:
+    """One row of images per entry of ``rows`` (label → (N, C, H, W) batch), e.g. the purification
+    paper's Figure 5: original, adversarial and purified images."""
+    n = min(len(images) for images in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.85 + 1.2, len(rows) * 0.95), squeeze=False)
+    for r, (label, images) in enumerate(rows.items()):
+        for c in range(n):
+            show_image(axes[r, c], images[c], titles[c] if titles is not None and r == 0 else None)
+        axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+def autoencoder_diagram(net: torch.nn.Module) -> plt.Figure:
+    """The convolutional autoencoder as a strip of blocks: encoder (Conv-BN-ReLU) left, decoder
+    (ConvT-BN-ReLU) right, arcs for the additive skip connections (``advlib.models.autoencoder``)."""
+    blocks = net.blocks
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.42 * (2 * blocks + 2)), 2.6))
+    x_of = {("in", 0): 0.0}
+    for k in range(1, blocks + 1):
+        x_of[("enc", k)] = k
+        x_of[("dec", k)] = blocks + k
+    for (side, k), x in x_of.items():
+        if side == "in":
+            ax.add_patch(plt.Rectangle((x - 0.35, 0), 0.7, 1, color="0.85"))
+            ax.text(x, 0.5, "x", ha="center", va="center", fontsize=9)
+            continue
+        color = "tab:blue" if side == "enc" else "tab:gray"
+        ax.add_patch(plt.Rectangle((x - 0.35, 0), 0.7, 1, color=color, alpha=0.8))
+        ax.text(x, -0.25, str(k), ha="center", va="top", fontsize=7)
+    ax.add_patch(plt.Rectangle((2 * blocks + 0.65, 0), 0.7, 1, color="tab:orange"))
+    ax.text(2 * blocks + 1, 0.5, "tanh", ha="center", va="center", fontsize=7, rotation=90)
+    for k in range(1, blocks + 1):
+        source = net.skip_source(k)
+        if source is None:
+            continue
+        start, end = x_of[("in", 0)] if source == 0 else x_of[("enc", source)], x_of[("dec", k)]
+        height = 1.15 + 1.2 * (end - start) / (2 * blocks)  # wider skips drawn higher, so none overlap
+        ax.plot([start, start, end, end], [1.0, height, height, 1.0], color="tab:green", lw=1.2)
+        ax.plot(end, 1.02, marker="v", color="tab:green", markersize=4)
+    ax.set_xlim(-0.8, 2 * blocks + 1.8)
+    ax.set_ylim(-0.7, 2.6)
+    ax.axis("off")
+    ax.set_title(f"encoder: {blocks} × Conv-BN-ReLU (blue) | decoder: {blocks} × ConvT-BN-ReLU (grey) | "
+                 "skips (green)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- adversarial examples (chapter 02) -------------------------------------------------------------------------
+
+def _predictions(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class, its softmax probability) per image, float32, in eval mode."""
+    from .attacks.evaluate import logits
+
+    probabilities = logits(model, x).softmax(1).cpu()
+    confidence, predicted = probabilities.max(1)
+    return predicted, confidence
+
+
+def _show_perturbation(ax: plt.Axes, delta: torch.Tensor, amplify: float, title: str) -> None:
+    # Grey is "no change"; ×amplify makes an 8/255 perturbation visible (0.5 ± 0.31).
+    show_image(ax, (0.5 + amplify * delta).clamp(0, 1), title)
+
+
+def triptych(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,
+             classes: Sequence[str], amplify: float = 10.0, title: str | None = None) -> plt.Figure:
+    """One row per image: the clean image, the adversarial image (each titled with the model's
+    prediction and confidence, red when wrong) and the perturbation ×``amplify`` around grey."""
+    clean_pred, clean_conf = _predictions(model, x)
+    adv_pred, adv_conf = _predictions(model, x_adv)
+    y = y.cpu()
+    fig, axes = plt.subplots(len(x), 3, figsize=(5.4, 1.95 * len(x)), squeeze=False)
+    for row in range(len(x)):
+        delta = (x_adv[row] - x[row]).detach().cpu()
+        for col, (image, pred, conf) in enumerate([(x[row], clean_pred[row], clean_conf[row]),
+                                                   (x_adv[row], adv_pred[row], adv_conf[row])]):
+            ax = axes[row, col]
+            show_image(ax, image.cpu(), f"{'clean' if col == 0 else 'adversarial'}: {classes[pred]}\n"
+                                        f"({100 * conf:.0f} %)")
+            ax.title.set_color("black" if pred == y[row] else "red")
+        linf, l2 = delta.abs().max().item(), delta.norm().item()
+        _show_perturbation(axes[row, 2], delta, amplify,
+                           f"δ ×{amplify:g}\n‖δ‖∞ = {255 * linf:.1f}/255, ‖δ‖₂ = {l2:.2f}")
+        axes[row, 0].set_ylabel(f"true: {classes[y[row]]}", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_vs_eps(curves: dict[str, dict[float, float]], clean_accuracy: float | None = None,
+                    title: str | None = None, scale: float = 255.0, xlabel: str = "ε (×1/255)") -> plt.Figure:
+    """Accuracy (%) against the budget, one line per attack; ``curves`` maps an attack's name to
+    ``{eps: accuracy}`` with accuracies as fractions. Budgets are shown multiplied by ``scale``
+    (L∞ budgets in grey levels by default; ``scale=1`` for L2 radii)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for name, points in curves.items():
+        eps_values = sorted(points)
+        ax.plot([scale * e for e in eps_values], [100 * points[e] for e in eps_values], marker="o", label=name)
+    if clean_accuracy is not None:
+        ax.axhline(100 * clean_accuracy, color="grey", linestyle="--", linewidth=1, label="clean")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def eps_sweep_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str],
+                   attacks: dict[str, Any], eps_values: Sequence[float]) -> plt.Figure:
+    """One image attacked at every ε in ``eps_values`` (columns) by every attack (rows), each cell
+    titled with the prediction (red when wrong). ``attacks`` maps a row name to a function of ε
+    that returns an attack, e.g. ``{"PGD": lambda eps: build("pgd", eps=eps)}``. ``x``: (1, C, H, W)."""
+    fig, axes = plt.subplots(len(attacks), len(eps_values), squeeze=False,
+                             figsize=(1.35 * len(eps_values) + 0.6, 1.55 * len(attacks)))
+    for row, (name, make_attack) in enumerate(attacks.items()):
+        for col, eps in enumerate(eps_values):
+            x_adv = make_attack(eps)(model, x, y) if eps > 0 else x
+            pred, conf = _predictions(model, x_adv)
+            ax = axes[row, col]
+            show_image(ax, x_adv[0].cpu(), f"ε={255 * eps:g}/255\n{classes[pred[0]]} ({100 * conf[0]:.0f} %)")
+            ax.title.set_color("black" if pred[0] == y[0].item() else "red")
+            if col == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.suptitle(f"true class: {classes[y[0].item()]}", fontsize=9)
     fig.tight_layout()
     return fig

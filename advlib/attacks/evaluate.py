@@ -1,0 +1,133 @@
+"""Robust accuracy under a list of attacks, batched, with the per-example worst case.
+
+An example counts as robust only if it is classified correctly clean *and* after every attack
+(as in AutoAttack, Croce & Hein 2020: the worst case over attacks is taken per example, never per
+attack).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ._checks import RANGE_TOLERANCE, check_inputs
+from .base import Attack, model_mode
+
+# An L∞ attack may overshoot its budget by float rounding (x + ε − x ≠ ε), never by more.
+EPS_TOLERANCE = 1e-6
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """``model(x)`` in eval mode and float32 (no autocast: attacks are crafted in float32, so they
+    are judged in float32), batched, on the model's device; the model's mode is restored."""
+    device = next(model.parameters()).device
+    with model_mode(model, "eval"):
+        return torch.cat([model(x[i:i + batch_size].to(device)).float()
+                          for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0, device=device)
+
+
+@dataclass
+class RobustnessReport:
+    """Per-example outcomes of :func:`robust_accuracy`; every mask is a bool tensor of shape (N,) on the CPU.
+
+    * ``clean``: classified correctly without attack.
+    * ``per_attack[name]``: still classified correctly after ``name``. With ``cascade=True`` an
+      attack only sees the examples that survived the earlier ones, so this mask is "robust to
+      this attack and every earlier one" (the running accuracy AutoAttack prints); with
+      ``cascade=False`` it is the attack's own robust accuracy.
+    * ``worst_case``: robust to every attack (and correct clean).
+    """
+
+    clean: torch.Tensor
+    per_attack: dict[str, torch.Tensor]
+    worst_case: torch.Tensor
+    attacked: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    cascade: bool = True
+
+    @property
+    def accuracies(self) -> dict[str, float]:
+        """``{"clean": …, <attack>: …, "worst case": …}`` as fractions of all examples."""
+        n = max(len(self.clean), 1)
+        return {"clean": self.clean.sum().item() / n,
+                **{name: mask.sum().item() / n for name, mask in self.per_attack.items()},
+                "worst case": self.worst_case.sum().item() / n}
+
+    def as_table(self) -> list[dict[str, Any]]:
+        """One row per line of the report (clean, each attack, worst case), ready for printing or JSON."""
+        n = len(self.clean)
+        rows = [{"attack": "clean", "robust": int(self.clean.sum()), "n": n,
+                 "accuracy": self.accuracies["clean"], "attacked": 0, "seconds": 0.0}]
+        for name, mask in self.per_attack.items():
+            rows.append({"attack": name, "robust": int(mask.sum()), "n": n, "accuracy": self.accuracies[name],
+                         "attacked": self.attacked[name], "seconds": round(self.seconds[name], 3)})
+        rows.append({"attack": "worst case", "robust": int(self.worst_case.sum()), "n": n,
+                     "accuracy": self.accuracies["worst case"], "attacked": sum(self.attacked.values()),
+                     "seconds": round(sum(self.seconds.values()), 3)})
+        return rows
+
+    def __str__(self) -> str:
+        header = "after" if self.cascade else "under"
+        lines = [f"{'':<14}{'accuracy':>9}{'attacked':>10}{'seconds':>9}"]
+        for row in self.as_table():
+            label = row["attack"] if row["attack"] in ("clean", "worst case") else f"{header} {row['attack']}"
+            lines.append(f"{label:<14}{100 * row['accuracy']:8.2f}%{row['attacked']:>10}{row['seconds']:>9.1f}")
+        return "\n".join(lines)
+
+
+def _check_adversarial(name: str, attack: Attack, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+    # A broken attack that leaves the threat model would report fake "successes": refuse them.
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"attack {name!r} returned shape {tuple(x_adv.shape)} for inputs {tuple(x.shape)}")
+    if x_adv.min() < -RANGE_TOLERANCE or x_adv.max() > 1 + RANGE_TOLERANCE:
+        raise RuntimeError(f"attack {name!r} returned pixels outside [0, 1]")
+    eps = getattr(attack, "eps", None)
+    if isinstance(eps, (int, float)) and getattr(attack, "norm", "Linf") == "Linf":
+        overshoot = (x_adv - x).abs().max().item() - eps
+        if overshoot > EPS_TOLERANCE:
+            raise RuntimeError(f"attack {name!r} left its L∞ ball: ‖δ‖∞ exceeds ε = {eps:.6g} "
+                               f"by {overshoot:.3g}")
+
+
+def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    attacks: dict[str, Attack] | Sequence[tuple[str, Attack]], batch_size: int = 256,
+                    cascade: bool = True) -> RobustnessReport:
+    """Attack ``model`` on ``(x, y)`` with each of ``attacks`` in order and report who survives.
+
+    Examples misclassified clean are never attacked and never count as robust. With ``cascade``
+    (the default, as in AutoAttack) each attack only runs on the examples every earlier attack
+    failed on: the worst case is the same and the evaluation is cheaper, but the per-attack rows
+    become cumulative. Each attack draws its randomness from one generator seeded by its ``seed``
+    and shared by its batches, so the report is reproducible.
+    """
+    check_inputs(x, y)
+    named = list(attacks.items()) if isinstance(attacks, dict) else list(attacks)
+    names = [name for name, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"attack names must be unique, got {names}")
+    device = next(model.parameters()).device
+    clean = (logits(model, x, batch_size).argmax(1) == y.to(device)).cpu()
+    survivors = clean.clone()
+    report = RobustnessReport(clean, {}, survivors, cascade=cascade)
+    for name, attack in named:
+        eligible = survivors if cascade else clean
+        candidates, robust = eligible.nonzero().flatten(), eligible.clone()
+        generator = torch.Generator(device=device).manual_seed(attack.seed)
+        started = time.perf_counter()
+        for batch in candidates.split(batch_size) if len(candidates) else ():
+            x_batch, y_batch = x[batch].to(device), y[batch].to(device)
+            x_adv = attack(model, x_batch, y_batch, generator=generator)
+            _check_adversarial(name, attack, x_batch, x_adv)
+            robust[batch] = (logits(model, x_adv, batch_size).argmax(1) == y_batch).cpu()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        report.seconds[name] = time.perf_counter() - started
+        report.attacked[name] = len(candidates)
+        report.per_attack[name] = robust
+        survivors = survivors & robust
+    report.worst_case = survivors
+    return report

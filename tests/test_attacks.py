@@ -1,0 +1,266 @@
+"""FGSM, BIM, PGD and CW: against closed forms on linear models, against torchattacks as an oracle
+on a trained CNN, and the contract every attack keeps (hypothesis); plus the evaluation helper."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import advlib.attacks as attacks
+from advlib.attacks.evaluate import logits, robust_accuracy
+from advlib.registry import UnknownNameError
+
+torchattacks = pytest.importorskip("torchattacks")
+
+OWN_ATTACKS = {  # small settings: the contract does not depend on the number of steps
+    "fgsm": {"eps": 8 / 255},
+    "bim": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 3},
+    "pgd": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 3, "restarts": 2},
+    "cw": {"c": 1.0, "steps": 5, "lr": 0.05},
+}
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    """Conv + BatchNorm + linear head on 1×8×8 inputs, 3 classes: fast, nonlinear, and has BN
+    statistics that would change if an attack ran it in training mode."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    with torch.no_grad():  # non-trivial running statistics
+        model(torch.rand(16, 1, 8, 8))
+    return model.eval()
+
+
+def random_batch(seed: int, n: int, shape=(1, 8, 8), classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, *shape, generator=generator), torch.randint(0, classes, (n,), generator=generator)
+
+
+def with_eps(name: str, eps: float) -> attacks.Attack:
+    params = dict(OWN_ATTACKS[name])
+    if "eps" in params:
+        params.update(eps=eps, **({"alpha": eps / 3} if "alpha" in params else {}))
+    return attacks.build(name, **params)
+
+
+# --- closed forms on a two-class linear model ----------------------------------------------------------------
+#
+# For logits z = W x + b with two classes, ∇ₓ CE = (p₁ − [y = 1]) (W₁ − W₀): its sign is
+# +sign(W₁ − W₀) for y = 0 and −sign(W₁ − W₀) for y = 1, whatever x is.
+
+@pytest.fixture
+def linear_two_class() -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2)).eval()
+    x = torch.rand(2, 3, 2, 2) * 0.8 + 0.1
+    y = torch.tensor([0, 1])
+    weight_gap = (model[1].weight[1] - model[1].weight[0]).detach().sign().view(3, 2, 2)
+    ascent = torch.stack([weight_gap, -weight_gap])  # the sign of ∇ₓ CE for each image
+    return model, x, y, ascent
+
+
+def test_fgsm_matches_closed_form_on_linear_model(linear_two_class):
+    model, x, y, ascent = linear_two_class
+    eps = 0.15
+    assert torch.allclose(attacks.build("fgsm", eps=eps)(model, x, y), (x + eps * ascent).clamp(0, 1), atol=1e-7)
+
+
+def hand_written_sign_ascent(x, start, ascent, eps, alpha, steps):
+    x_adv = start
+    for _ in range(steps):
+        x_adv = torch.clamp(torch.clamp(x_adv + alpha * ascent, x - eps, x + eps), 0, 1)
+    return x_adv
+
+
+def test_bim_equals_hand_written_loop(linear_two_class):
+    model, x, y, ascent = linear_two_class
+    eps, alpha, steps = 0.2, 0.03, 9  # 9 · 0.03 > 0.2: the projection is active at the end
+    expected = hand_written_sign_ascent(x, x, ascent, eps, alpha, steps)
+    assert torch.allclose(attacks.build("bim", eps=eps, alpha=alpha, steps=steps)(model, x, y), expected, atol=1e-7)
+
+
+def test_pgd_equals_hand_written_loop_from_its_random_start(linear_two_class):
+    model, x, y, ascent = linear_two_class
+    eps, alpha, steps, seed = 0.2, 0.03, 4, 11
+    noise = torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(seed))
+    start = torch.clamp(torch.clamp(x + noise, x - eps, x + eps), 0, 1)
+    expected = hand_written_sign_ascent(x, start, ascent, eps, alpha, steps)
+    pgd = attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, seed=seed)
+    assert torch.allclose(pgd(model, x, y), expected, atol=1e-7)
+    assert not torch.allclose(pgd(model, x, y), hand_written_sign_ascent(x, x, ascent, eps, alpha, steps))
+
+
+def test_pgd_without_random_start_is_bim(linear_two_class):
+    model, x, y, _ = linear_two_class
+    pgd = attacks.build("pgd", eps=0.1, alpha=0.02, steps=7, random_start=False)
+    assert torch.equal(pgd(model, x, y), attacks.build("bim", eps=0.1, alpha=0.02, steps=7)(model, x, y))
+
+
+def test_bim_default_steps_follow_kurakin():
+    assert attacks.build("bim", eps=8 / 255).steps == 10  # min(8 + 4, 1.25 · 8)
+    assert attacks.build("bim", eps=2 / 255).steps == 2  # min(2 + 4, 1.25 · 2) = 2.5, rounded
+
+
+def test_cw_margin_masks_the_true_class_even_when_every_logit_is_negative():
+    from advlib.attacks.cw import margin
+
+    logits_ = torch.tensor([[-1.0, -3.0, -2.0], [-5.0, -4.0, -6.0]])
+    assert torch.equal(margin(logits_, torch.tensor([0, 1])), torch.tensor([1.0, 1.0]))
+
+
+def test_cw_moves_pixels_that_start_at_zero_or_one():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0, -1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]]))
+        model[1].bias.zero_()
+    x = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])  # class 0 by a margin of 4; every pixel saturated
+    x_adv = attacks.build("cw", c=10.0, steps=200, lr=0.5)(model, x, torch.tensor([0]))
+    assert model(x_adv).argmax(1).item() == 1
+
+
+# --- against torchattacks on a trained CNN ---------------------------------------------------------------------
+
+def test_fgsm_equals_torchattacks(small_model, test_batch):
+    x, y = test_batch
+    ours = attacks.build("fgsm", eps=8 / 255)(small_model, x, y)
+    theirs = torchattacks.FGSM(small_model, eps=8 / 255)(x, y)
+    assert (ours - theirs).abs().max().item() <= 1e-6
+
+
+def test_pgd_robust_accuracy_matches_torchattacks(small_model, test_batch):
+    x, y = test_batch
+    # 4/255 leaves the small model between its clean accuracy and zero (looked at: ~80 % → ~67 %).
+    eps, alpha, steps = 4 / 255, 1 / 255, 10
+    clean = (logits(small_model, x).argmax(1) == y).float().mean().item()
+    ours = attacks.build("pgd", eps=eps, alpha=alpha, steps=steps)(small_model, x, y)
+    state = torch.get_rng_state()
+    torch.manual_seed(0)  # torchattacks draws its random start from the global RNG
+    theirs = torchattacks.PGD(small_model, eps=eps, alpha=alpha, steps=steps)(x, y)
+    torch.set_rng_state(state)
+    ours_accuracy = (logits(small_model, ours).argmax(1) == y).float().mean().item()
+    theirs_accuracy = (logits(small_model, theirs).argmax(1) == y).float().mean().item()
+    assert 0.15 < ours_accuracy < clean - 0.05, "pick an ε where the comparison means something"
+    assert abs(ours_accuracy - theirs_accuracy) <= 0.02
+
+
+def test_cw_is_not_weaker_than_torchattacks(small_model, test_batch):
+    x, y = test_batch[0][:128], test_batch[1][:128]
+    settings_ = {"c": 1.0, "kappa": 0.0, "steps": 30, "lr": 0.01}
+    ours = attacks.build("cw", **settings_)(small_model, x, y)
+    try:
+        theirs = torchattacks.CW(small_model, **settings_)(x, y)
+    finally:  # torchattacks' CW calls .backward(): clear the shared model's .grad fields it filled
+        small_model.zero_grad(set_to_none=True)
+    clean = logits(small_model, x).argmax(1) == y
+    ours_fooled = clean & (logits(small_model, ours).argmax(1) != y)
+    theirs_fooled = clean & (logits(small_model, theirs).argmax(1) != y)
+    assert theirs_fooled.sum() > 10, "the comparison needs successes"
+    assert ours_fooled.sum() >= theirs_fooled.sum() - 2
+    both = ours_fooled & theirs_fooled
+    ours_l2 = (ours - x).flatten(1).norm(dim=1)[both].mean().item()
+    theirs_l2 = (theirs - x).flatten(1).norm(dim=1)[both].mean().item()
+    assert ours_l2 <= theirs_l2 + 0.02
+
+
+# --- the contract, for every attack ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(OWN_ATTACKS))
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), n=st.integers(1, 5), eps=st.floats(0.0, 0.3),
+       attack_seed=st.integers(0, 2 ** 16))
+def test_attack_contract(name, seed, n, eps, attack_seed):
+    model = tiny_model()
+    x, y = random_batch(seed, n)
+    attack = with_eps(name, eps)
+    attack.seed = attack_seed
+    buffers = [b.clone() for b in model.buffers()]
+    model.train()
+    rng_state = torch.get_rng_state()
+
+    x_adv = attack(model, x, y)
+
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers())), "BatchNorm ran in training mode"
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert 0 <= x_adv.min() and x_adv.max() <= 1
+    if name != "cw":
+        assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert torch.equal(attack(model, x, y), x_adv)
+    report = robust_accuracy(model, x, y, {name: attack})
+    assert report.accuracies[name] <= report.accuracies["clean"]
+
+
+@pytest.mark.parametrize("name", sorted(OWN_ATTACKS))
+def test_bad_inputs_fail_loudly(name):
+    model = tiny_model()
+    x, y = random_batch(0, 2)
+    attack = attacks.build(name, **OWN_ATTACKS[name])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        attack(model, x * 2, y)
+    with pytest.raises(ValueError, match="4-D"):
+        attack(model, x[0], y)
+    with pytest.raises(ValueError, match="one label per image"):
+        attack(model, x, y[:1])
+    budget = "eps" if "eps" in OWN_ATTACKS[name] else "c"
+    with pytest.raises(ValueError, match=budget):
+        attacks.build(name, **{**OWN_ATTACKS[name], budget: -0.1})
+
+
+def test_unknown_attack_lists_the_known_ones():
+    with pytest.raises(UnknownNameError) as error:
+        attacks.build("pgdd", eps=0.1)
+    for name in OWN_ATTACKS:
+        assert name in str(error.value)
+
+
+def test_invalid_iteration_settings_are_rejected():
+    for bad in ({"steps": 0}, {"alpha": -1.0}, {"restarts": 0}):
+        with pytest.raises(ValueError):
+            attacks.build("pgd", **bad)
+
+
+# --- the evaluation helper ------------------------------------------------------------------------------------
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2 ** 16), eps=st.floats(0.0, 0.5), cascade=st.booleans(), batch_size=st.integers(1, 8))
+def test_worst_case_bounds_every_attack_and_clean_bounds_all(seed, eps, cascade, batch_size):
+    model = tiny_model()
+    x, y = random_batch(seed, 12)
+    report = robust_accuracy(model, x, y, [("fgsm", with_eps("fgsm", eps)), ("pgd", with_eps("pgd", eps))],
+                             batch_size=batch_size, cascade=cascade)
+    accuracy = report.accuracies
+    assert accuracy["worst case"] <= min(accuracy["fgsm"], accuracy["pgd"])
+    assert max(accuracy["fgsm"], accuracy["pgd"]) <= accuracy["clean"]
+    assert not (report.worst_case & ~report.clean).any()
+    for mask in report.per_attack.values():
+        assert not (mask & ~report.clean).any(), "a clean-misclassified example counted as robust"
+    assert [row["attack"] for row in report.as_table()] == ["clean", "fgsm", "pgd", "worst case"]
+
+
+def test_clean_misclassified_examples_are_never_attacked():
+    model = tiny_model()
+    x, y = random_batch(5, 20)
+    clean = logits(model, x).argmax(1) == y
+    calls = []
+
+    class Recording(attacks.Attack):
+        def perturb(self, model, x, y, generator):
+            calls.append(len(x))
+            return x
+
+    report = robust_accuracy(model, x, y, {"identity": Recording()})
+    assert sum(calls) == int(clean.sum()) == report.attacked["identity"]
+    assert torch.equal(report.per_attack["identity"], clean) and torch.equal(report.worst_case, clean)
+
+
+def test_cascade_runs_later_attacks_only_on_survivors(small_model, test_batch):
+    x, y = test_batch[0][:64], test_batch[1][:64]
+    strong, weak = attacks.build("pgd", eps=0.1, alpha=0.02, steps=5), attacks.build("fgsm", eps=1 / 255)
+    report = robust_accuracy(small_model, x, y, {"pgd": strong, "fgsm": weak})
+    assert report.attacked["fgsm"] == int(report.per_attack["pgd"].sum())
+    separate = robust_accuracy(small_model, x, y, {"pgd": strong, "fgsm": weak}, cascade=False)
+    assert separate.attacked["fgsm"] == int(separate.clean.sum())
+    assert torch.equal(report.worst_case, separate.worst_case)

@@ -1,0 +1,349 @@
+"""AutoAttack and its parts (APGD-CE, APGD-T, FAB-T, Square) against the reference code
+(``pyautoattack``), plus the Attack contract as properties, the reference's warning flags, and
+clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import advlib.attacks as attacks
+from advlib import cache, data
+from advlib.attacks import _checks
+from advlib.attacks.apgd import checkpoints
+from advlib.attacks.autoattack import AutoAttackResult
+from advlib.attacks.fab import linf_projection_onto_hyperplane
+from advlib.attacks.square import square_fraction
+from advlib.training import fit
+
+# A small MLP with a little FGSM-RS adversarial training (Wong et al. 2020): cheap enough on a CPU
+# for the full 5000-query Square on the points it keeps robust, and robust enough at ε = 8/255 for
+# AutoAttack's later attacks to have work left.
+EPS_TRAIN = 8 / 255
+ROBUST_MLP_CONFIG = {
+    "purpose": "autoattack-tests", "arch": "mlp-1024-100-10", "dataset": "fashion-mnist", "train_subset": 10000,
+    "epochs": 3, "batch_size": 128, "seed": 0,
+    "adversarial": {"method": "fgsm-rs", "eps": EPS_TRAIN, "step": 1.25 * EPS_TRAIN},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
+    "schedule": {"interpolate": "linear", "points": [[0.0, 1.0], [1.0, 0.0]]},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: with several threads on a busy CPU the attacks' many small
+    operations spend more time synchronising threads than computing."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mlp(in_features: int, hidden: int, classes: int, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
+
+
+@pytest.fixture(scope="session")
+def robust_mlp() -> nn.Module:
+    config = ROBUST_MLP_CONFIG
+    adversarial = config["adversarial"]
+
+    def train(model, checkpoint):
+        noise = torch.Generator().manual_seed(config["seed"])
+
+        def fgsm_rs_loss(model, x, y, epoch):
+            start = (x + (torch.rand(x.shape, generator=noise) * 2 - 1) * adversarial["eps"]).clamp(0, 1)
+            start.requires_grad_(True)
+            grad = torch.autograd.grad(F.cross_entropy(model(start), y), start)[0]
+            x_adv = _checks.project_linf(start.detach() + adversarial["step"] * grad.sign(), x, adversarial["eps"])
+            logits = model(x_adv)
+            return F.cross_entropy(logits, y), logits
+
+        train_set = data.load(config["dataset"], "train").subset(config["train_subset"], config["seed"])
+        loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, seed=config["seed"])
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"], schedule=config["schedule"],
+                   loss_fn=fgsm_rs_loss, checkpoint=checkpoint, desc="autoattack test model")
+
+    model, _ = cache.load_or_train("test-autoattack-mlp", config, mlp(32 * 32, 100, 10), train, verbose=False)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def robust_batch(fashion_test) -> tuple[torch.Tensor, torch.Tensor]:
+    return fashion_test.subset(200, seed=2).tensors()
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+# ---------------------------------------------------------------- agreement with the reference
+
+@pytest.mark.slow
+def test_autoattack_standard_matches_reference(robust_mlp, robust_batch):
+    from pyautoattack import AutoAttack as ReferenceAutoAttack
+
+    x, y = robust_batch
+    eps = 8 / 255
+    ours = attacks.build("autoattack", eps=eps, version="standard", seed=0).run(robust_mlp, x, y)
+    reference = ReferenceAutoAttack(robust_mlp, norm="Linf", eps=eps, version="standard", seed=0)
+    x_reference, _ = reference.run_standard_evaluation(x, y, batch_size=500)
+    reference_robust = accuracy(robust_mlp, x_reference, y)
+    clean = accuracy(robust_mlp, x, y)
+    # the comparison only means something where AutoAttack has work to do at this ε
+    assert 0 < reference_robust < clean
+    assert ours.clean_accuracy == pytest.approx(clean)
+    assert abs(ours.robust_accuracy - reference_robust) <= 0.01
+    assert ours.robust_accuracy == pytest.approx(accuracy(robust_mlp, ours.x_adv, y))
+    assert (ours.x_adv - x).abs().max() <= eps + 1e-6
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
+def test_apgd_matches_reference(robust_mlp, robust_batch, name):
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    x, y = robust_batch
+    eps = 8 / 255
+    x_ours = attacks.build(name, eps=eps, seed=0)(robust_mlp, x, y)
+    if name == "apgd-ce":
+        reference = APGDAttack(robust_mlp, n_iter=100, norm="Linf", n_restarts=1, eps=eps, seed=0, loss="ce")
+    else:
+        reference = APGDAttack_targeted(robust_mlp, n_iter=100, norm="Linf", n_restarts=1, eps=eps, seed=0,
+                                        n_target_classes=9)
+    x_reference = reference.perturb(x, y)
+    clean, ours, theirs = (accuracy(robust_mlp, v, y) for v in (x, x_ours, x_reference))
+    assert theirs < clean  # the attack has something to find here
+    assert abs(ours - theirs) <= 0.015  # 3 of 200 images: different random starts
+
+
+def test_fab_projection_matches_reference():
+    from pyautoattack.fab_projections import projection_linf
+
+    generator = torch.Generator().manual_seed(0)
+    for dims in (3, 40, 1024):
+        point = torch.rand(32, dims, generator=generator)
+        w = torch.randn(32, dims, generator=generator) * (torch.rand(32, dims, generator=generator) > 0.2)
+        b = (w * torch.rand(32, dims, generator=generator)).sum(1)
+        ours = linf_projection_onto_hyperplane(point, w, b - (w * point).sum(1))
+        theirs = projection_linf(point, w, b)
+        assert torch.allclose(ours, theirs, atol=1e-5)
+        inside = (point + ours >= 0).all() and (point + ours <= 1).all()
+        assert inside
+
+
+def test_schedules_follow_the_papers():
+    # p_1 = 0.22, then intervals shrink by 0.03 down to 0.06 (APGD, Sec. 3.2)
+    assert checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    # Square's p halves after iterations 10, 50, 200, 500, 1000, 2000, 4000 (5000 queries)
+    assert [square_fraction(i, 0.8) for i in (0, 10, 11, 50, 51, 4001, 4999)] == [
+        0.8, 0.8, 0.4, 0.4, 0.2, 0.8 / 128, 0.8 / 128]
+
+
+# ---------------------------------------------------------------- Square
+
+def test_square_respects_ball_budget_and_seed(robust_mlp, robust_batch):
+    x, y = robust_batch
+    x, y = x[:100], y[:100]
+    eps, budget = 8 / 255, 300
+    square = attacks.build("square", eps=eps, n_queries=budget, seed=3)
+    x_adv = square(robust_mlp, x, y)
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert int(square.queries_used.max()) <= budget
+    assert torch.equal(x_adv, attacks.build("square", eps=eps, n_queries=budget, seed=3)(robust_mlp, x, y))
+    assert not torch.equal(x_adv, attacks.build("square", eps=eps, n_queries=budget, seed=4)(robust_mlp, x, y))
+    # random search beats random vertices of the ball, drawn as often as Square queries
+    generator = torch.Generator().manual_seed(0)
+    robust_to_noise = torch.ones(len(x), dtype=torch.bool)
+    for _ in range(budget // 10):
+        signs = torch.randint(0, 2, x.shape, generator=generator) * 2 - 1
+        with torch.no_grad():
+            robust_to_noise &= robust_mlp((x + eps * signs).clamp(0, 1)).argmax(1) == y
+    assert accuracy(robust_mlp, x_adv, y) < robust_to_noise.float().mean().item()
+
+
+# ---------------------------------------------------------------- the Attack contract, as properties
+
+@pytest.fixture(scope="module")
+def tiny_model() -> nn.Module:
+    return mlp(8 * 8, 16, 10, seed=1)
+
+
+SETTINGS = {
+    "apgd-ce": {"n_iter": 10},
+    "apgd-t": {"n_iter": 10, "n_target_classes": 3},
+    "apgd-dlr": {"n_iter": 10},
+    "fab-t": {"n_iter": 10, "n_target_classes": 3},
+    "square": {"n_queries": 50},
+    "autoattack": {},
+}
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**16), eps=st.sampled_from([1 / 255, 8 / 255, 0.1, 0.3]), n=st.integers(1, 4),
+       train_mode=st.booleans())
+def test_attack_contract(tiny_model, name, seed, eps, n, train_mode):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=generator)
+    with torch.no_grad():
+        y = tiny_model(x).argmax(1)
+    y[0] = (y[0] + 1) % 10  # one misclassified example, which must come back unchanged
+    attack = attacks.build(name, eps=eps, seed=seed, **SETTINGS[name])
+    tiny_model.train(train_mode)
+    rng_before = torch.get_rng_state()
+    x_adv = attack(tiny_model, x, y)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert tiny_model.training == train_mode
+    assert all(p.grad is None for p in tiny_model.parameters())
+    assert x_adv.shape == x.shape and x_adv.dtype == x.dtype
+    assert (x_adv - x).abs().max() <= eps + 1e-6
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    tiny_model.eval()
+    with torch.no_grad():
+        clean_correct = tiny_model(x).argmax(1) == y
+        adv_correct = tiny_model(x_adv).argmax(1) == y
+    assert (adv_correct <= clean_correct).all()  # robust ≤ clean, per example
+    assert torch.equal(x_adv[~clean_correct], x[~clean_correct])  # misclassified points are not attacked
+    assert torch.equal(x_adv, attacks.build(name, eps=eps, seed=seed, **SETTINGS[name])(tiny_model, x, y))
+
+
+def test_run_agrees_with_call_and_reports(tiny_model):
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 1, 8, 8, generator=generator), torch.randint(0, 10, (6,), generator=generator)
+    aa = attacks.build("autoattack", eps=0.1, version="standard", seed=5)
+    result = aa.run(tiny_model, x, y, batch_size=4)
+    assert isinstance(result, AutoAttackResult)
+    assert torch.equal(result.x_adv, aa(tiny_model, x, y))
+    assert [name for name, _ in result.breakdown] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    accuracies = [result.clean_accuracy] + [value for _, value in result.breakdown]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert result.robust_accuracy == pytest.approx(accuracy(tiny_model, result.x_adv, y))
+    assert result.seconds > 0
+
+
+# ---------------------------------------------------------------- flags and errors
+
+class Quantised(nn.Module):
+    """Rounds its input to 4 grey levels first: gradients are exactly zero (masked), yet small
+    perturbations still change the output, which a black-box attack can find."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp(8 * 8, 16, 10, seed=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.round(x * 3) / 3)
+
+
+class GradientStepDefence(nn.Module):
+    """A 'dynamic defence': one gradient step on its own input inside forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = mlp(8 * 8, 16, 10, seed=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = x.detach().requires_grad_(True)
+            energy = self.net(z).logsumexp(1).sum()
+            step = torch.autograd.grad(energy, z)[0]
+        return self.net(x + 0.01 * step.sign())
+
+
+def random_batch(n: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+
+
+def test_softmax_output_is_flagged(tiny_model):
+    x, y = random_batch()
+    probabilities = nn.Sequential(tiny_model, nn.Softmax(dim=1))
+    with pytest.warns(UserWarning, match="softmax"):
+        result = attacks.build("autoattack", eps=0.3).run(probabilities, x, y)
+    assert any(flag.startswith("softmax outputs") for flag in result.flags)
+    assert _checks.flag_softmax(tiny_model(x)) is None
+
+
+def test_randomised_forward_is_flagged(tiny_model):
+    x, y = random_batch()
+    noisy = nn.Sequential(nn.Dropout(0.5), tiny_model)
+    # crafting in train mode keeps dropout on: two forward passes differ
+    with pytest.warns(UserWarning, match="randomised"):
+        result = attacks.build("autoattack", eps=0.3, model_mode="train").run(noisy, x, y)
+    assert any(flag.startswith("randomised forward pass") for flag in result.flags)
+    assert _checks.flag_randomized(noisy.eval(), x, y) is None
+
+
+def test_zero_gradients_and_square_beating_white_box_are_flagged():
+    x, y = random_batch(8, seed=1)
+    with pytest.warns(UserWarning):
+        result = attacks.build("autoattack", eps=0.2).run(Quantised(), x, y)
+    assert any(flag.startswith("zero gradients") for flag in result.flags)
+    assert any(flag.startswith("Square beats the white-box attacks") for flag in result.flags)
+
+
+def test_dynamic_defence_is_flagged(tiny_model):
+    x, _ = random_batch()
+    assert _checks.flag_dynamic(GradientStepDefence(), x) is not None
+    assert _checks.flag_dynamic(tiny_model, x) is None
+
+
+def test_more_targets_than_classes_is_flagged_and_capped():
+    x, _ = random_batch()
+    y = torch.randint(0, 5, (len(x),), generator=torch.Generator().manual_seed(0))
+    five_classes = mlp(8 * 8, 16, 5, seed=4)
+    with pytest.warns(UserWarning, match="more targets than classes"):
+        result = attacks.build("autoattack", eps=0.05, n_target_classes=9).run(five_classes, x, y)
+    assert any(flag.startswith("more targets than classes") for flag in result.flags)
+    assert (result.x_adv - x).abs().max() <= 0.05 + 1e-6
+
+
+def test_clear_errors():
+    with pytest.raises(ValueError, match="unknown AutoAttack version 'plus'.*standard, rand"):
+        attacks.build("autoattack", version="plus")
+    with pytest.raises(ValueError, match="L∞ only"):
+        attacks.build("autoattack", norm="L2")
+    with pytest.raises(ValueError, match="norm"):
+        attacks.build("apgd-ce", norm="L1")
+    with pytest.raises(ValueError, match="n_target_classes"):
+        attacks.build("apgd-t", n_target_classes=0)
+    with pytest.raises(ValueError, match="eps"):
+        attacks.build("square", eps=-1)
+
+
+@pytest.mark.parametrize("version", ["standard", "rand"])
+def test_settings_match_the_reference(version):
+    from pyautoattack import AutoAttack as ReferenceAutoAttack
+
+    reference = ReferenceAutoAttack(nn.Identity(), norm="Linf", eps=8 / 255, version=version, seed=0)
+    ours = attacks.build("autoattack", eps=8 / 255, version=version).attacks()
+    assert list(ours) == reference.attacks_to_run
+    for name, attack in ours.items():
+        if name.startswith("apgd"):
+            twin = reference.apgd_targeted if name == "apgd-t" else reference.apgd
+            assert (attack.n_iter, attack.rho, attack.eot_iter) == (twin.n_iter, twin.thr_decr, twin.eot_iter)
+            assert attack.n_restarts == twin.n_restarts
+        if name == "apgd-t":
+            assert attack.n_target_classes == reference.apgd_targeted.n_target_classes
+        if name == "fab-t":
+            fab = reference.fab
+            assert (attack.n_iter, attack.n_target_classes) == (fab.n_iter, fab.n_target_classes)
+            assert (attack.alpha_max, attack.eta, attack.beta) == (fab.alpha_max, fab.eta, fab.beta)
+        if name == "square":
+            square = reference.square
+            assert (attack.n_queries, attack.p_init, square.rescale_schedule) == (square.n_queries, square.p_init, False)
+
+
+def test_rand_version_runs_eot_on_a_randomised_model(tiny_model):
+    x, y = random_batch()
+    noisy = nn.Sequential(nn.Dropout(0.3), tiny_model)
+    result = attacks.build("autoattack", eps=0.05, version="rand", model_mode="train").run(noisy, x, y)
+    assert [name for name, _ in result.breakdown] == ["apgd-ce", "apgd-dlr"]
+    assert not any(flag.startswith("randomised") for flag in result.flags)  # that is what "rand" is for
+    assert (result.x_adv - x).abs().max() <= 0.05 + 1e-6
