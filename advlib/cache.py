@@ -61,6 +61,21 @@ def atomic_write_json(obj: Any, path: Path) -> None:
         raise
 
 
+def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]],
+                    root: Path | None = None, verbose: bool = True) -> dict[str, torch.Tensor]:
+    """Tensors cached under ``config`` (e.g. a precomputed adversarial training set)."""
+    path = artifact_path(kind, config, root)
+    if path.is_file():
+        if verbose:
+            print(f"loaded {kind} from cache: {path}")
+        return load(path)
+    if verbose:
+        print(f"computing {kind}; will be cached at {path}")
+    tensors = compute()
+    atomic_save(tensors, path)
+    return tensors
+
+
 def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
                   train: Callable[[nn.Module, Path], list[dict[str, Any]]],
                   root: Path | None = None, verbose: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:

@@ -39,6 +39,16 @@ PROFILES: dict[str, dict[str, Any]] = {
             # one-cycle: linear warm-up over the first fifth, then linear decay to zero
             "schedule": {"interpolate": "linear", "points": [[0.0, 0.1], [0.2, 1.0], [1.0, 0.0]]},
         },
+        "purification": {
+            "autoencoder": {"width": 32, "blocks": 5, "skip_every": 2, "stride": 2},
+            "train_subset": 5000, "batch_size": 128, "teacher_epochs": 4, "student_epochs": 4,
+            # Adam at the paper's 0.01 is unstable for a few hundred steps on the CPU subset
+            "optimizer": {"name": "adam", "lr": 0.002},
+            "schedule": {"interpolate": "linear", "points": [[0.0, 1.0], [1.0, 0.1]]},
+            "train_attack": {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
+            "beta": 0.5, "gamma": 0.5, "kd_space": "pixels",
+            "eval_subset": 400, "autoattack_subset": 100,
+        },
     },
     "paper": {
         "description": "GPU-sized: CIFAR-10 and the hyperparameters of the seed papers",
@@ -51,7 +61,28 @@ PROFILES: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
             "schedule": {"interpolate": "step", "points": [[0.0, 1.0], [0.5, 0.1], [0.75, 0.01]]},
         },
+        "purification": {
+            # Koo et al. 2023, Sec. 4.1: Adam, lr 0.01, batch 128, teachers 100 epochs, student 40.
+            # The architecture's widths/strides and the training PGD's steps are not in the paper.
+            "autoencoder": {"width": 64, "blocks": 15, "skip_every": 2, "stride": 2},
+            "train_subset": None, "batch_size": 128, "teacher_epochs": 100, "student_epochs": 40,
+            "optimizer": {"name": "adam", "lr": 0.01},
+            "schedule": {"interpolate": "step", "points": [[0.0, 1.0]]},
+            "train_attack": {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
+            "beta": 0.5, "gamma": 0.5, "kd_space": "pixels",
+            "eval_subset": None, "autoattack_subset": None,
+        },
     },
+}
+
+# The paper's evaluation attacks (Koo et al. 2023, Sec. 4.1); the same in both profiles.
+PURIFICATION_ATTACKS: dict[str, dict[str, Any]] = {
+    "PGD8": {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 20},
+    "PGD16": {"name": "pgd", "eps": 16 / 255, "alpha": 2 / 255, "steps": 20},
+    "FGSM": {"name": "fgsm", "eps": 8 / 255},
+    "BIM": {"name": "bim", "eps": 8 / 255, "alpha": 2 / 255, "steps": 20},
+    "CW": {"name": "cw", "c": 1.0, "kappa": 0.0, "steps": 40, "lr": 0.01},
+    "AA": {"name": "autoattack", "eps": 8 / 255, "version": "standard"},
 }
 
 

@@ -81,16 +81,23 @@ class ImageSet:
         index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         return ImageSet(self.images[index], self.labels[index], self.info)
 
+    def select(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], self.info)
+
     def split(self, n_holdout: int, seed: int = 0) -> tuple["ImageSet", "ImageSet"]:
         """(rest, holdout): a held-out slice of ``n_holdout`` examples, e.g. for per-epoch validation."""
-        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
-        rest, holdout = order[n_holdout:].sort().values, order[:n_holdout].sort().values
-        return (ImageSet(self.images[rest], self.labels[rest], self.info),
-                ImageSet(self.images[holdout], self.labels[holdout], self.info))
+        rest, holdout = split_indices(len(self), n_holdout, seed)
+        return self.select(rest), self.select(holdout)
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """All images as floats in [0, 1] and their labels, on ``device``."""
         return self.images.to(device).float().div_(255), self.labels.to(device)
+
+
+def split_indices(n: int, n_holdout: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted indices (rest, holdout) of a seeded random split of ``range(n)``."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_holdout:].sort().values, order[:n_holdout].sort().values
 
 
 def load(name: str, split: str = "train", *, root: str | Path | None = None, download: bool = True) -> ImageSet:
@@ -233,15 +240,22 @@ class TensorLoader:
     Shuffling and augmentation draw from a generator seeded by ``(seed, epoch)``, so an epoch's
     batches do not depend on what ran before it: a resumed run sees the same batches as an
     uninterrupted one. Augmentation is the CIFAR standard: zero-pad 4, random 32x32 crop, flip.
+    ``paired`` (float images aligned with ``data``, e.g. precomputed adversarial examples) makes
+    every batch ``(x, y, paired_x)``.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = False, augment: bool = False,
-                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0) -> None:
+                 drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
+                 paired: torch.Tensor | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if paired is not None and (len(paired) != len(data) or augment):
+            raise ValueError("paired images need one entry per image and no augmentation "
+                             f"(got {len(paired)} for {len(data)} images, augment={augment})")
         self.device = torch.device(device)
         self.images = data.images.to(self.device)
         self.labels = data.labels.to(self.device)
+        self.paired = None if paired is None else paired.to(self.device)
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
         self.seed, self.epoch = seed, 0
 
@@ -252,7 +266,7 @@ class TensorLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         n = len(self.labels)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
@@ -262,7 +276,10 @@ class TensorLoader:
             x = self.images[index].float().div_(255)
             if self.augment:
                 x = random_crop_flip(x, generator)
-            yield x, self.labels[index]
+            if self.paired is None:
+                yield x, self.labels[index]
+            else:
+                yield x, self.labels[index], self.paired[index].float()
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:

@@ -1,25 +1,33 @@
 """One training loop for every model in the book: checkpoint/resume, schedule, per-epoch metrics.
 
 The loop is deliberately short (in the spirit of airbench): a trainer is a *loss function*
-``loss_fn(model, x, y, epoch) -> (loss, logits)``; standard training, adversarial training and the
-distillation methods differ only there.
+``loss_fn(model, x, y, epoch, *paired) -> (loss, logits or None)``; standard training, adversarial
+training, purifier training and the distillation methods differ only there. ``paired`` holds the
+loader's extra tensors (e.g. precomputed adversarial examples); ``logits``, when given, are used
+for the training accuracy.
+
+Two optional extras: ``callbacks`` run after every optimiser step (AWP restores the weights it
+perturbed there), and ``averaging`` keeps an SWA or EMA copy of the weights (Izmailov et al. 2018;
+for adversarial training, Chen et al. 2021) whose BatchNorm statistics are re-estimated before
+it is evaluated and which replaces the trained weights at the end.
 """
 from __future__ import annotations
 
 import bisect
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from .cache import atomic_save, load
 from .config import autocast, iterate
 from .data import TensorLoader
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
+LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def lr_multiplier(progress: float, schedule: dict[str, Any]) -> float:
@@ -40,6 +48,11 @@ def lr_multiplier(progress: float, schedule: dict[str, Any]) -> float:
     return float(m0 + (m1 - m0) * (progress - p0) / (p1 - p0))
 
 
+def training_progress(epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Training progress in [0, 1) at ``step`` of ``epoch`` (both from 0)."""
+    return (epoch * steps_per_epoch + step) / (epochs * steps_per_epoch)
+
+
 def make_optimizer(parameters: Iterable[nn.Parameter], name: str = "sgd", lr: float = 0.1, **options: Any
                    ) -> torch.optim.Optimizer:
     if name == "sgd":
@@ -56,25 +69,57 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch
     return F.cross_entropy(logits, y), logits
 
 
+class Callback:
+    """Hooks of :func:`fit`; override what you need."""
+
+    def after_step(self, model: nn.Module, epoch: int) -> None:
+        """Runs right after ``optimizer.step()``, before the weight average is updated."""
+
+
+def make_averaged(model: nn.Module, averaging: dict[str, Any]) -> AveragedModel:
+    """An SWA (``{"kind": "swa"}``, equal-weight running mean) or EMA (``{"kind": "ema",
+    "decay": 0.999}``) copy of ``model`` or of its submodule ``averaging["module"]``."""
+    source = averaging_source(model, averaging)
+    if averaging["kind"] == "swa":
+        return AveragedModel(source)
+    if averaging["kind"] == "ema":
+        return AveragedModel(source, multi_avg_fn=get_ema_multi_avg_fn(averaging["decay"]))
+    raise ValueError(f"averaging kind must be 'swa' or 'ema', not {averaging['kind']!r}")
+
+
+def averaging_source(model: nn.Module, averaging: dict[str, Any]) -> nn.Module:
+    return getattr(model, averaging["module"]) if averaging.get("module") else model
+
+
 def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[str, Any],
         schedule: dict[str, Any], loss_fn: LossFn = cross_entropy_loss, checkpoint: Path | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None, desc: str = "train",
-        stop_after: int | None = None) -> list[dict[str, Any]]:
+        stop_after: int | None = None, callbacks: Sequence[Callback] = (),
+        averaging: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``epochs`` and return one metrics record per epoch.
 
-    After every epoch the model, optimiser and history are saved atomically to ``checkpoint``;
-    if that file exists the run resumes after its last epoch. Batches depend only on the loader's
-    seed and the epoch, so a resumed run ends with the same weights as an uninterrupted one.
-    ``stop_after`` ends the call after that many epochs (as a kill would).
+    After every epoch the model, optimiser, weight average and history are saved atomically to
+    ``checkpoint``; if that file exists the run resumes after its last epoch. Batches depend only
+    on the loader's seed and the epoch, so a resumed run ends with the same weights as an
+    uninterrupted one. ``stop_after`` ends the call after that many epochs (as a kill would).
+
+    ``averaging`` (``{"kind": "swa" | "ema", "decay": …, "start": fraction of training,
+    "module": submodule name or None}``) averages the weights after every step from ``start``
+    on. Each epoch the average's BatchNorm statistics are re-estimated on the (clean) training
+    batches and ``evaluate`` also runs on it (keys prefixed ``avg_``); at the end the average
+    replaces the trained weights.
     """
     device = next(model.parameters()).device
     opt = make_optimizer(model.parameters(), **optimizer)
     base_lrs = [group["lr"] for group in opt.param_groups]
+    averaged = make_averaged(model, averaging) if averaging else None
     history: list[dict[str, Any]] = []
     if checkpoint is not None and checkpoint.is_file():
         state = load(checkpoint, device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        if averaged is not None:
+            averaged.load_state_dict(state["averaged"])
         history = list(state["history"])
     steps_per_epoch = len(loader)
     for epoch in range(len(history), epochs):
@@ -85,31 +130,47 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
-        seen = 0
-        for step, (x, y) in enumerate(iterate(loader, desc=f"{desc} {epoch + 1}/{epochs}")):
-            multiplier = lr_multiplier((epoch * steps_per_epoch + step) / (epochs * steps_per_epoch), schedule)
+        seen, has_logits = 0, False
+        for step, (x, y, *paired) in enumerate(iterate(loader, desc=f"{desc} {epoch + 1}/{epochs}")):
+            progress = training_progress(epoch, step, steps_per_epoch, epochs)
+            multiplier = lr_multiplier(progress, schedule)
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * multiplier
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
-                loss, logits = loss_fn(model, x, y, epoch)
+                loss, logits = loss_fn(model, x, y, epoch, *paired)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            for callback in callbacks:
+                callback.after_step(model, epoch)
+            if averaged is not None and progress >= averaging.get("start", 0.0):
+                averaged.update_parameters(averaging_source(model, averaging))
             loss_sum += loss.detach() * len(y)
             if logits is not None:
+                has_logits = True
                 correct += (logits.argmax(1) == y).sum()
             seen += len(y)
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": base_lrs[0] * multiplier,
-                                  "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+                                  "train_loss": loss_sum.item() / seen}
+        if has_logits:
+            record["train_acc"] = correct.item() / seen
         if evaluate is not None:
             record.update(evaluate(model))
+        if averaged is not None and int(averaged.n_averaged) > 0:
+            update_bn(loader, averaged)
+            if evaluate is not None:
+                record.update({f"avg_{k}": v for k, v in evaluate(averaged.module).items()})
         record["seconds"] = time.time() - started
         history.append(record)
         print(f"{desc} epoch {epoch + 1}/{epochs}: "
               + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"), flush=True)
         if checkpoint is not None:
-            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history},
-                        checkpoint)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history}
+            if averaged is not None:
+                state["averaged"] = averaged.state_dict()
+            atomic_save(state, checkpoint)
+    if averaged is not None and int(averaged.n_averaged) > 0 and len(history) == epochs:
+        averaging_source(model, averaging).load_state_dict(averaged.module.state_dict())
     return history

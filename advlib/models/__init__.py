@@ -68,4 +68,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-from . import mobilenetv2, resnet, small_cnn, wide_resnet  # noqa: E402,F401  (registers the architectures)
+from . import autoencoder, mobilenetv2, resnet, small_cnn, wide_resnet  # noqa: E402,F401  (registers the architectures)

@@ -1,0 +1,174 @@
+"""Distillation-based purification (Koo et al. 2023): the autoencoder, each loss worked by hand on
+tiny tensors, and a forward/backward of the paper-profile teachers and student on CIFAR-shaped data."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from advlib import config, defenses, models
+from advlib.defenses.purification import (Purified, gray_box_evaluation, kd_term, reconstruction_loss,
+                                          relativistic_loss, student_loss)
+
+PAPER_CAE = config.PROFILES["paper"]["purification"]["autoencoder"]
+
+
+class FirstPixelsAsLogits(nn.Module):
+    """A 'classifier' whose two logits are the first two pixels: easy to work out by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # gives the model a device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :2]
+
+
+class LowerSecondPixel(nn.Module):
+    """A 'purifier' that subtracts ``amount`` from the second pixel."""
+
+    def __init__(self, amount: float) -> None:
+        super().__init__()
+        self.offset = nn.Parameter(torch.tensor([0.0, amount]).view(1, 1, 1, 2), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.offset
+
+
+def test_reconstruction_loss_by_hand():
+    assert reconstruction_loss(torch.tensor([[0.5, 1.0]]), torch.tensor([[0.0, 1.0]])).item() == pytest.approx(0.125)
+
+
+def test_relativistic_loss_by_hand():
+    purified = torch.tensor([[[[2.0, 0.0]]]])
+    adversarial = torch.tensor([[[[0.5, 0.0]]]])
+    # p_out = 2, adv_out = 0.5: −log σ(2 − 0.5) = log(1 + e^(−1.5))
+    expected = math.log(1 + math.exp(-1.5))
+    loss = relativistic_loss(FirstPixelsAsLogits(), purified, adversarial, torch.tensor([0]))
+    assert loss.item() == pytest.approx(expected)
+
+
+def test_kd_term_by_hand_in_pixel_space():
+    teacher = torch.tensor([[[[0.0, math.log(3.0)]]]])  # softmax → (1/4, 3/4)
+    student = torch.zeros(1, 1, 1, 2)                   # softmax → (1/2, 1/2)
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    mse = math.log(3.0) ** 2 / 2
+    assert kd_term(teacher, student).item() == pytest.approx(kl + mse)
+    assert kd_term(student, student).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kd_term_in_logit_space_uses_the_classifier():
+    teacher = torch.tensor([[[[0.0, math.log(3.0), 9.0]]]])
+    student = torch.tensor([[[[0.0, 0.0, -9.0]]]])
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    mse = (math.log(3.0) ** 2 + 18.0 ** 2) / 3
+    assert kd_term(teacher, student, "logits", FirstPixelsAsLogits()).item() == pytest.approx(kl + mse)
+
+
+def test_student_loss_by_hand():
+    student = torch.zeros(1, 1, 1, 2)
+    clean = torch.zeros(1, 1, 1, 2)
+    teacher_a = torch.tensor([[[[0.0, math.log(3.0)]]]])
+    one_teacher = 0.25 * math.log(0.5) + 0.75 * math.log(1.5) + math.log(3.0) ** 2 / 2
+    # β·0 + γ·(kd(a) + kd(student itself = 0)) / 2 with β = γ = 0.5
+    assert student_loss(student, clean, [teacher_a, student]).item() == pytest.approx(0.5 * one_teacher / 2)
+    assert student_loss(student, clean + 1, [student], beta=0.25, gamma=0.5).item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="at least one teacher"):
+        student_loss(student, clean, [])
+
+
+def test_paper_autoencoder_architecture():
+    net = models.build("cae", in_channels=3, **PAPER_CAE).net
+    assert len(net.encoder) == 15 and len(net.decoder) == 15
+    for block in net.encoder:
+        assert [type(m) for m in block] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    for block in net.decoder:
+        assert [type(m) for m in block] == [nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU]
+    sources = [net.skip_source(k) for k in range(1, 16)]
+    assert sources == [14, None, 12, None, 10, None, 8, None, 6, None, 4, None, 2, None, 0]
+    x = torch.rand(2, 3, 32, 32)
+    y = net(x)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+
+
+def test_skips_change_the_function():
+    torch.manual_seed(0)
+    with_skips = models.build("cae", in_channels=1, width=8, blocks=3).eval()
+    without = models.build("cae", in_channels=1, width=8, blocks=3, skips=False).eval()
+    without.load_state_dict(with_skips.state_dict())
+    x = torch.rand(2, 1, 32, 32)
+    assert not torch.allclose(with_skips(x), without(x))
+
+
+def test_bad_autoencoder_arguments():
+    with pytest.raises(ValueError, match="at least 2 blocks"):
+        models.build("cae", blocks=1)
+    with pytest.raises(ValueError, match="stride"):
+        models.build("cae", stride=3)
+
+
+def _frozen_copy(module: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def test_paper_profile_teachers_and_student_forward_backward_on_cifar_shapes():
+    torch.manual_seed(0)
+    classifier = models.for_dataset("resnet56", "cifar10").eval()
+    purifiers = {role: models.build("cae", in_channels=3, **PAPER_CAE) for role in ("nt", "at", "student")}
+    x = torch.rand(2, 3, 32, 32)
+    y = torch.tensor([1, 7])
+    x_adv = (x + 8 / 255 * torch.randn_like(x).sign()).clamp(0, 1)
+
+    losses = {"nt": defenses.build("purifier-nt"), "at": defenses.build("purifier-at", classifier=classifier)}
+    classifier_before = _frozen_copy(classifier)
+    for role in ("nt", "at"):
+        loss, _ = losses[role](purifiers[role], x, y, 0, x_adv)
+        loss.backward()
+        assert all(p.grad is not None for p in purifiers[role].parameters()), role
+        purifiers[role].zero_grad(set_to_none=True)
+    teachers_before = {k: _frozen_copy(purifiers[k]) for k in ("nt", "at")}
+    distill = defenses.build("purifier-kd", teachers={"at": purifiers["at"], "nt": purifiers["nt"]},
+                             classifier=classifier)
+    loss, logits = distill(purifiers["student"], x, y, 0, x_adv)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.shape == (2, 10)
+    assert all(p.grad is not None for p in purifiers["student"].parameters())
+    assert all(p.grad is None for p in classifier.parameters()), "the classifier stays frozen"
+    for role in ("nt", "at"):
+        assert all(p.grad is None for p in purifiers[role].parameters()), f"teacher {role} gets no gradient"
+        assert all(torch.equal(a, b) for a, b in zip(teachers_before[role], purifiers[role].parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(classifier_before, classifier.parameters()))
+
+
+def test_purified_is_a_model():
+    purifier = nn.Identity()
+    classifier = FirstPixelsAsLogits()
+    x = torch.rand(3, 1, 4, 4)
+    assert torch.equal(Purified(purifier, classifier)(x), classifier(x))
+
+
+class RaiseSecondPixel:
+    """An 'attack' that adds 0.7 to the second pixel and remembers which model it was given."""
+
+    def __init__(self) -> None:
+        self.models = []
+
+    def __call__(self, model, x, y):
+        self.models.append(model)
+        return (x + torch.tensor([0.0, 0.7]).view(1, 1, 1, 2)).clamp(0, 1)
+
+
+def test_gray_box_evaluation_crafts_on_the_classifier_and_scores_each_purifier():
+    x = torch.zeros(4, 1, 1, 2)
+    x[:, 0, 0, 0] = torch.tensor([0.6, 0.6, 0.2, 0.2])
+    x[:, 0, 0, 1] = torch.tensor([0.0, 0.0, 0.9, 0.9])
+    y = torch.tensor([0, 0, 1, 1])
+    classifier, attack = FirstPixelsAsLogits(), RaiseSecondPixel()
+    table = gray_box_evaluation(classifier, {"ours": LowerSecondPixel(0.5)}, {"raise": attack}, x, y)
+    assert table["Original"] == {"no defence": 1.0, "ours": 1.0, "images": 4}
+    # attacked second pixels (0.7, 0.7, 1, 1) beat the first for all four: images 0 and 1 flip to class 1;
+    # the purifier lowers them to (0.2, 0.2, 0.5, 0.5) and every prediction is right again
+    assert table["raise"] == {"no defence": 0.5, "ours": 1.0, "images": 4}
+    assert attack.models == [classifier], "gray-box: x' is crafted on the classifier alone"
