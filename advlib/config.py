@@ -49,6 +49,27 @@ PROFILES: dict[str, dict[str, Any]] = {
             "beta": 0.5, "gamma": 0.5, "kd_space": "pixels",
             "eval_subset": 400, "autoattack_subset": 100,
         },
+        "adversarial_training": {
+            # Chapters 6 and 8, sized for two CPU cores: a small CNN target, a narrower guide, 2 200
+            # training images, a few epochs. ε = 0.1, the usual Fashion-MNIST budget: at 8/255 a
+            # standard CNN keeps about half its accuracy under PGD-20 on Fashion-MNIST, so the chapters
+            # could not show what adversarial training buys. 3 training PGD steps of 0.04 reach the
+            # boundary; the evaluation step is ε/4, as 2/255 is for 8/255.
+            "target": {"arch": "small_cnn", "width": 16}, "guide": {"arch": "small_cnn", "width": 8},
+            "normalize": True, "train_subset": 2400, "holdout": 200, "batch_size": 128, "epochs": 4,
+            "augment": False,
+            # lr 0.1 diverges for this CNN (no global pooling: a 2048-input linear head)
+            "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 2e-4},
+            # the paper's shape: a gentle first stretch, then the full rate, then a tenfold drop
+            "schedule": {"interpolate": "step", "points": [[0.0, 0.2], [0.25, 1.0], [0.75, 0.1]]},
+            "averaging": None,
+            "train_attack": {"eps": 0.1, "alpha": 0.04, "steps": 3},
+            "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
+            "dynat_trades_awp": {"label_weight": 0.2, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 2},
+            "eval_attack": {"eps": 0.1, "alpha": 0.025},
+            # AutoAttack costs ~1 CPU-second per robust image here: a few dozen images, as a check
+            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20},
+        },
     },
     "paper": {
         "description": "GPU-sized: CIFAR-10 and the hyperparameters of the seed papers",
@@ -71,6 +92,24 @@ PROFILES: dict[str, dict[str, Any]] = {
             "train_attack": {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
             "beta": 0.5, "gamma": 0.5, "kd_space": "pixels",
             "eval_subset": None, "autoattack_subset": None,
+        },
+        "adversarial_training": {
+            # Seed 002, Sec. 4.1 and the authors' code (notes §3): WRN-34-10 target, ResNet-18 guide,
+            # no input normalisation, SGD lr 0.1 (0.02 in epoch 1), momentum 0.9, wd 2e-4, batch 128,
+            # 100 epochs, lr 0.01 from epoch 76 and 0.001 from 91; ε 0.031, step 0.007, 10 steps.
+            # The held-out slice for per-epoch curves is ours; the evaluation step 0.003 is TRADES's.
+            "target": {"arch": "wrn34_10"}, "guide": {"arch": "resnet18"},
+            "normalize": False, "train_subset": None, "holdout": 1000, "batch_size": 128, "epochs": 100,
+            "augment": True,
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
+            "schedule": {"interpolate": "step", "points": [[0.0, 0.2], [0.01, 1.0], [0.75, 0.1], [0.9, 0.01]]},
+            "averaging": None,
+            "train_attack": {"eps": 0.031, "alpha": 0.007, "steps": 10},
+            "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
+            "dynat_trades_awp": {"label_weight": 0.2, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10},
+            "eval_attack": {"eps": 0.031, "alpha": 0.003},
+            # AutoAttack on the first 1000 test images, as the authors' evaluation script does
+            "evaluation": {"eval_subset": None, "autoattack_subset": 1000, "cw_steps": 20},
         },
     },
 }

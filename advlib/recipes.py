@@ -15,7 +15,7 @@ from .attacks._checks import project_linf
 from .config import Run, prepare_model
 from .defenses.purification import Purified
 from .evaluation import accuracy, predict
-from .training import fit
+from .training import Callback, fit
 
 
 def classifier_config(run: Run) -> dict[str, Any]:
@@ -141,3 +141,137 @@ def purifier_student(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> tupl
                               beta=spec["beta"], gamma=spec["gamma"], kd_space=spec["kd_space"])
 
     return _purifier(run, "student-" + "-".join(sorted(teachers)), extra, factory, spec["student_epochs"])
+
+
+# --- chapters 6 and 8: adversarial training and DYNAT ----------------------------------------------
+
+# Method name -> (trainer registered in advlib.defenses, the profile's section of trainer options,
+# fixed options of this variant). The DYNAT methods train a guide and a target together.
+AT_METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "standard": ("standard", None, {}),
+    "pgd_at": ("pgd_at", "pgd_at", {}),
+    "trades": ("trades", "trades", {}),
+    "dynat": ("dynat", "dynat", {"inner": "dynamic"}),
+    "dynat_no_inner": ("dynat", "dynat", {"inner": "ground_truth"}),
+    "dynat_trades_awp": ("dynat_trades_awp", "dynat_trades_awp", {}),
+}
+
+AT_METHOD_LABELS = {"standard": "Standard", "pgd_at": "PGD-AT", "trades": "TRADES", "dynat": "DYNAT",
+                    "dynat_no_inner": "DYNAT without inner optimisation",
+                    "dynat_trades_awp": "DYNAT-Inner-AWP (TRADES, β = 1)"}
+
+_AT_TRAINING_KEYS = ("target", "normalize", "train_subset", "holdout", "batch_size", "epochs", "augment",
+                     "optimizer", "schedule", "averaging")
+
+
+def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
+    """Everything that determines the weights of ``method`` trained under ``run``'s profile."""
+    if method not in AT_METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(AT_METHODS)}")
+    trainer, section, fixed = AT_METHODS[method]
+    spec = run.config["adversarial_training"]
+    config = {"method": method, "trainer": trainer, "dataset": run.dataset, "seed": run.seed,
+              **{k: spec[k] for k in _AT_TRAINING_KEYS}}
+    if trainer != "standard":
+        config["trainer_options"] = {**spec["train_attack"], **spec[section], **fixed}
+    if trainer.startswith("dynat"):
+        config["guide"] = spec["guide"]
+    return config
+
+
+def _at_network(run: Run, arch: dict[str, Any], normalize: bool) -> nn.Module:
+    params = {k: v for k, v in arch.items() if k != "arch"}
+    if normalize:
+        return models.for_dataset(arch["arch"], run.dataset, **params)
+    meta = data.info(run.dataset)
+    return models.build(arch["arch"], meta.num_classes, meta.in_channels, **params)
+
+
+def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The model of ``method`` (a key of :data:`AT_METHODS`), in eval mode, with its per-epoch
+    history: training loss/accuracy, clean and PGD-10 accuracy on a held-out slice of the training
+    set and, for DYNAT, the guide's held-out accuracy and how often the dynamic labels
+    argmax G(x) agreed with the ground truth during the epoch. DYNAT methods return the
+    :class:`~advlib.defenses.dynat.GuideAndTarget` pair, whose forward pass is the target's."""
+    config = adversarial_training_config(run, method)
+    spec = run.config["adversarial_training"]
+    target = _at_network(run, config["target"], config["normalize"])
+    if "guide" in config:
+        model = defenses.dynat.GuideAndTarget(_at_network(run, config["guide"], config["normalize"]), target)
+    else:
+        model = target
+    model = prepare_model(model, run.device)
+    options = config.get("trainer_options")
+    trainer = defenses.build(config["trainer"], **options, seed=run.seed) if options else defenses.build("standard")
+    averaging = config["averaging"] and {**config["averaging"], "module": "target" if "guide" in config else None}
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        train_set = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
+        train_set, holdout = train_set.split(config["holdout"], run.seed)
+        x_val, y_val = holdout.tensors(run.device)
+        loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, augment=config["augment"],
+                                   drop_last=True, device=run.device, seed=run.seed)
+        val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            x_adv = val_attack(m, x_val, y_val)
+            record = {"val_clean": accuracy(m, x_val, y_val), "val_pgd10": accuracy(m, x_adv, y_val)}
+            if isinstance(m, defenses.dynat.GuideAndTarget):
+                record["guide_val_acc"] = accuracy(m.guide, x_val, y_val)
+                record["label_agreement"] = trainer.pop_label_agreement()
+            return record
+
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
+                   schedule=config["schedule"], loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate,
+                   desc=method, callbacks=[trainer] if isinstance(trainer, Callback) else [],
+                   averaging=averaging)
+
+    model, history = cache.load_or_train(f"at-{method}", config, model, train)
+    return model.eval(), history
+
+
+AT_COLUMNS = ("clean", "PGD-10", "PGD-20", "PGD-50", "CW", "AA")
+
+
+def at_evaluation(run: Run, method: str) -> dict[str, Any]:
+    """One row of the paper's Table 1 for ``method``: accuracy (in [0, 1]) clean and under PGD-10/20/50
+    and CW-∞ (each attack on its own, on the profile's ``eval_subset`` test images), and under
+    AutoAttack (standard) on the first ``autoattack_subset`` of them, with PGD-20 on those same
+    images for the sanity check AA ≤ PGD-20. Cached like a trained model."""
+    spec = run.config["adversarial_training"]
+    evaluation = spec["evaluation"]
+    config = {"model": adversarial_training_config(run, method), **evaluation, "eval_attack": spec["eval_attack"]}
+
+    def compute() -> dict[str, torch.Tensor]:
+        model, _ = adversarially_trained(run, method)
+        x, y = test_set(run, evaluation["eval_subset"])
+        eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
+        pgd = {f"PGD-{steps}": attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, seed=run.seed)
+               for steps in (10, 20, 50)}
+        cw = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"], seed=run.seed)
+        report = attacks.evaluate.robust_accuracy(model, x, y, {**pgd, "CW": cw}, cascade=False)
+        n_aa = min(evaluation["autoattack_subset"] or len(x), len(x))
+        aa = attacks.build("autoattack", eps=eps, version="standard", seed=run.seed)
+        aa_report = attacks.evaluate.robust_accuracy(model, x[:n_aa], y[:n_aa],
+                                                     {"AA": aa, "PGD-20": pgd["PGD-20"]}, cascade=False)
+        row = {**report.accuracies, "AA": aa_report.accuracies["AA"],
+               "PGD-20 (AA images)": aa_report.accuracies["PGD-20"], "images": len(x), "aa_images": n_aa}
+        return {key: torch.tensor(float(value)) for key, value in row.items() if key != "worst case"}
+
+    stored = cache.load_or_compute("at-evaluation", config, compute)
+    row: dict[str, Any] = {"method": AT_METHOD_LABELS.get(method, method), "source": "this run"}
+    for key, value in stored.items():
+        row[key] = int(value) if key in ("images", "aa_images") else round(float(value), 6)
+    return row
+
+
+def save_at_dynat(run: Run, rows: list[dict[str, Any]]) -> Any:
+    """Write ``_build/results/<profile>-<dataset>/at_dynat.json``: our rows and, in the paper profile,
+    the rows of the seed's table for the dataset (Table 1 for CIFAR-10, Table 2 for CIFAR-100),
+    labelled as the paper's; every accuracy a fraction in [0, 1]."""
+    table = list(rows)
+    if run.profile == "paper" and run.dataset in defenses.dynat.PAPER_TABLES:
+        name, paper_rows = defenses.dynat.PAPER_TABLES[run.dataset]
+        table += [{"method": method, "source": f"paper ({name})", **{k: v / 100 for k, v in values.items()}}
+                  for method, values in paper_rows.items()]
+    return run.save_results("at_dynat", table)

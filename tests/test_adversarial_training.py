@@ -1,0 +1,384 @@
+"""Adversarial training, DYNAT and AWP: every loss worked by hand on tiny tensors, the gradient
+flow of DYNAT's guide/target pair, AWP's perturb-and-restore, weight averaging in the training loop
+(with exact resume), CW-∞, and one step of each trainer at the paper's size on CIFAR-shaped data."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advlib import attacks, config, data, defenses, models, recipes
+from advlib.attacks.cw_linf import cw_margin
+from advlib.defenses.adversarial_training import (adversarial_ce_loss, kl_clean_adversarial, maximize_linf,
+                                                  trades_loss)
+from advlib.defenses.awp import AdversarialWeightPerturbation, weight_perturbation
+from advlib.defenses.dynat import GuideAndTarget, dynamic_labels, dynat_loss, dynat_trades_loss, guide_loss
+from advlib.training import Callback, fit
+
+LN3 = math.log(3.0)
+# softmax([0, ln 3]) = (1/4, 3/4), softmax([0, 0]) = (1/2, 1/2)
+KL_QUARTER_HALF = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+
+
+class SumOfPixels(nn.Module):
+    """Two logits: 0 and ``scale`` · (sum of pixels); easy to differentiate by hand."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.scale * x.flatten(1).sum(1)
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
+# --- losses by hand -----------------------------------------------------------------------------------
+
+def test_adversarial_ce_by_hand():
+    assert adversarial_ce_loss(torch.tensor([[0.0, LN3]]), torch.tensor([0])).item() == pytest.approx(math.log(4))
+
+
+def test_kl_clean_adversarial_by_hand_and_its_direction():
+    clean, adversarial = torch.tensor([[0.0, LN3]]), torch.zeros(1, 2)
+    assert kl_clean_adversarial(clean, adversarial).item() == pytest.approx(KL_QUARTER_HALF)
+    reverse = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kl_clean_adversarial(adversarial, clean).item() == pytest.approx(reverse)
+    two = kl_clean_adversarial(clean.repeat(2, 1), torch.cat([adversarial, clean]))
+    assert two.item() == pytest.approx(KL_QUARTER_HALF / 2), "batch mean"
+    assert kl_clean_adversarial(clean.repeat(2, 1), adversarial.repeat(2, 1), "sum").item() == pytest.approx(
+        2 * KL_QUARTER_HALF)
+
+
+def test_trades_loss_by_hand():
+    clean, adversarial, y = torch.tensor([[0.0, LN3]]), torch.zeros(1, 2), torch.tensor([1])
+    expected = -math.log(0.75) + 6 * KL_QUARTER_HALF
+    assert trades_loss(clean, adversarial, y).item() == pytest.approx(expected)
+    assert trades_loss(clean, adversarial, y, beta=1.0).item() == pytest.approx(-math.log(0.75) + KL_QUARTER_HALF)
+
+
+def test_dynat_loss_by_hand():
+    guide = torch.tensor([[2.0, 0.0], [0.0, 1.0]])   # dynamic labels (0, 1)
+    target_adv = torch.tensor([[0.0, LN3], [0.0, 0.0]])
+    y = torch.tensor([1, 1])
+    assert dynamic_labels(guide).tolist() == [0, 1]
+    guide_ce = (math.log(1 + math.exp(2)) + math.log(1 + math.exp(-1))) / 2
+    target_ce = (math.log(4) + math.log(2)) / 2  # CE([0, ln 3], 0) and CE([0, 0], 1)
+    assert guide_loss(guide, y).item() == pytest.approx(guide_ce)
+    assert dynat_loss(guide, target_adv, y).item() == pytest.approx(guide_ce + target_ce)
+    assert dynat_loss(guide, target_adv, y, label_weight=0.2).item() == pytest.approx(guide_ce + 0.2 * target_ce)
+
+
+def test_dynat_trades_loss_by_hand():
+    guide = torch.tensor([[0.0, 5.0]])  # dynamic label 1, while y = 0
+    target_clean, target_adv, y = torch.tensor([[0.0, LN3]]), torch.zeros(1, 2), torch.tensor([0])
+    guide_ce = math.log(1 + math.exp(5))
+    expected = guide_ce + 0.2 * math.log(2) + KL_QUARTER_HALF
+    assert dynat_trades_loss(guide, target_clean, target_adv, y).item() == pytest.approx(expected)
+    assert dynat_trades_loss(guide, target_clean, target_adv, y, beta=2.0).item() == pytest.approx(
+        expected + KL_QUARTER_HALF)
+
+
+def test_argmax_label_blocks_gradients_into_the_guide():
+    torch.manual_seed(0)
+    guide, target = nn.Linear(4, 3), nn.Linear(4, 3)
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    guide_logits, target_logits = guide(x), target(x)
+    target_term = F.cross_entropy(target_logits, dynamic_labels(guide_logits))
+    assert all(g is None for g in torch.autograd.grad(target_term, list(guide.parameters()), allow_unused=True))
+
+    total = dynat_loss(guide_logits, target_logits, y)
+    from_total = torch.autograd.grad(total, list(guide.parameters()), retain_graph=True)
+    from_guide_ce = torch.autograd.grad(guide_loss(guide_logits, y), list(guide.parameters()))
+    for a, b in zip(from_total, from_guide_ce):
+        assert torch.allclose(a, b), "G learns from CE(G(x), y) alone"
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(total, list(target.parameters())))
+
+
+# --- inner maximisation -------------------------------------------------------------------------------
+
+def test_maximize_linf_one_step_by_hand():
+    # CE(·, 0) of logits (0, s·Σx) grows with every pixel when s > 0, whatever x: two ascent steps
+    # of size ε from x + 0.001·N(0, I) end on the ball's face x + ε (projection), then [0, 1] clips.
+    x = torch.tensor([[[[0.2, 0.5], [0.99, 0.0]]]])
+    eps = 0.03
+    x_adv = maximize_linf(SumOfPixels(1.0), x, lambda z: F.cross_entropy(z, torch.tensor([0])), eps=eps,
+                          alpha=eps, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x_adv, (x + eps).clamp(0, 1))
+    x_down = maximize_linf(SumOfPixels(-1.0), x, lambda z: F.cross_entropy(z, torch.tensor([0])), eps=eps,
+                           alpha=eps, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x_down, (x - eps).clamp(0, 1))
+
+
+def test_trainers_craft_inside_the_ball_and_are_reproducible(small_pair):
+    x, y = torch.rand(6, 1, 32, 32), torch.arange(6) % 10
+    for name in ("pgd_at", "trades", "dynat", "dynat_trades_awp"):
+        model = small_pair if name.startswith("dynat") else small_pair.target
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        losses = []
+        for _ in range(2):
+            model.load_state_dict(initial)  # a training forward pass moves BatchNorm's statistics
+            trainer = defenses.build(name, eps=8 / 255, alpha=2 / 255, steps=2, seed=3)
+            loss, logits = trainer(model, x, y, 0)
+            assert torch.isfinite(loss) and logits.shape == (6, 10), name
+            losses.append(loss.item())
+            if isinstance(trainer, Callback):
+                trainer.after_step(model, 0)
+        assert losses[0] == losses[1], f"{name}: the same seed and epoch give the same random start"
+
+
+@pytest.fixture()
+def small_pair() -> GuideAndTarget:
+    torch.manual_seed(0)
+    return GuideAndTarget(models.build("small_cnn", 10, 1, width=4), models.build("small_cnn", 10, 1, width=4)).train()
+
+
+def test_guide_and_target_both_receive_gradients(small_pair):
+    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
+    for name in ("dynat", "dynat_trades_awp"):
+        small_pair.zero_grad(set_to_none=True)
+        trainer = defenses.build(name, eps=8 / 255, alpha=2 / 255, steps=2, awp_from_epoch=1) \
+            if name == "dynat_trades_awp" else defenses.build(name, eps=8 / 255, alpha=2 / 255, steps=2)
+        loss, _ = trainer(small_pair, x, y, 0)
+        loss.backward()
+        for part in ("guide", "target"):
+            grads = [p.grad for p in getattr(small_pair, part).parameters()]
+            assert all(g is not None and torch.isfinite(g).all() for g in grads), (name, part)
+            assert sum(g.abs().sum() for g in grads) > 0, (name, part)
+        if isinstance(trainer, Callback):
+            trainer.after_step(small_pair, 0)
+    assert 0.0 <= trainer.pop_label_agreement() <= 1.0
+    assert math.isnan(trainer.pop_label_agreement()), "the counter resets"
+
+
+def test_dynat_ablation_crafts_on_the_ground_truth():
+    # The guide's label is 1 everywhere, y is 0: the dynamic inner step ascends CE(·, 1) (pixels go
+    # down when s > 0), the ablation ascends CE(·, 0) (pixels go up).
+    class ConstantGuide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([0.0, 1.0]))
+
+        def forward(self, x):
+            return self.bias.expand(len(x), 2)
+
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
+    crafted = {}
+    for inner in ("dynamic", "ground_truth"):
+        trainer = defenses.build("dynat", eps=0.03, alpha=0.03, steps=2, inner=inner)
+        _, logits_adv = trainer(pair, x, y, 0)
+        crafted[inner] = logits_adv[0, 1].item()  # = Σ x'
+    assert crafted["dynamic"] == pytest.approx(4 * 0.47, abs=1e-5)
+    assert crafted["ground_truth"] == pytest.approx(4 * 0.53, abs=1e-5)
+
+
+# --- AWP ----------------------------------------------------------------------------------------------
+
+def test_weight_perturbation_by_hand():
+    v = weight_perturbation({"w": torch.tensor([[3.0, 4.0]])}, {"w": torch.tensor([[0.0, 2.0]])}, gamma=0.01)
+    assert torch.allclose(v["w"], torch.tensor([[0.0, 0.05]]))  # 0.01 · 5 / 2 · (0, 2)
+
+
+def test_awp_perturbs_layerwise_then_restores_after_the_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).train()
+    x, y = torch.randn(8, 3), torch.tensor([0, 1] * 4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    awp = AdversarialWeightPerturbation(gamma=0.01)
+    loss_before = F.cross_entropy(model(x), y).item()
+    model.load_state_dict(before)  # that forward moved BatchNorm's running statistics
+    awp.perturb(model, lambda: F.cross_entropy(model(x), y))
+    after = model.state_dict()
+    for key in ("0.weight", "3.weight"):
+        change = after[key] - before[key]
+        assert change.norm().item() == pytest.approx(0.01 * before[key].norm().item(), rel=1e-4), key
+    for key in ("0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "3.bias"):
+        assert torch.equal(after[key], before[key]), f"{key} is not perturbed and not updated"
+    with torch.no_grad():
+        loss_perturbed = F.cross_entropy(model(x), y).item()
+    model.load_state_dict({**model.state_dict(), "1.running_mean": before["1.running_mean"],
+                           "1.running_var": before["1.running_var"],
+                           "1.num_batches_tracked": before["1.num_batches_tracked"]})
+    assert loss_perturbed > loss_before, "an ascent step on the weights"
+
+    # the optimiser's step is taken at the perturbed weights and kept; only v is removed
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    optimizer.step()
+    awp.after_step(model, 0)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p, before[name] - 0.1 * grads[name], atol=1e-6), name
+
+
+def test_awp_refuses_to_stack_perturbations():
+    model = nn.Linear(2, 2)
+    awp = AdversarialWeightPerturbation(0.01)
+    awp.perturb(model, lambda: model(torch.ones(1, 2)).sum())
+    with pytest.raises(RuntimeError, match="restore"):
+        awp.perturb(model, lambda: model(torch.ones(1, 2)).sum())
+
+
+# --- weight averaging in the training loop ------------------------------------------------------------
+
+def _tiny_loader(n: int = 64, batch: int = 16, seed: int = 5) -> data.TensorLoader:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(n) % 10
+    return data.TensorLoader(data.ImageSet(images, labels, data.info("fashion-mnist")), batch, shuffle=True,
+                             drop_last=True, seed=seed)
+
+
+class RecordWeights(Callback):
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+
+    def after_step(self, model, epoch):
+        self.weights.append(model[1].weight.detach().clone())
+
+
+@pytest.mark.parametrize("averaging", [{"kind": "swa", "start": 0.5}, {"kind": "ema", "decay": 0.9}])
+def test_weight_average_is_the_hand_computed_average(averaging):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10))
+    recorder = RecordWeights()
+    loader = _tiny_loader()
+    fit(model, loader, epochs=2, optimizer={"name": "sgd", "lr": 0.05}, schedule={"points": [[0.0, 1.0]]},
+        callbacks=[recorder], averaging=averaging)
+    steps = recorder.weights
+    if averaging["kind"] == "swa":
+        expected = torch.stack(steps[len(steps) // 2:]).mean(0)  # from half-way on, equal weights
+    else:
+        expected = steps[0]
+        for w in steps[1:]:
+            expected = 0.9 * expected + 0.1 * w
+    assert torch.allclose(model[1].weight, expected, atol=1e-6)
+
+
+def test_averaged_batchnorm_statistics_are_re_estimated():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(1), nn.Flatten(), nn.Linear(1024, 10))
+    loader = _tiny_loader()
+    history = fit(model, loader, epochs=1, optimizer={"name": "sgd", "lr": 0.05}, schedule={"points": [[0.0, 1.0]]},
+                  averaging={"kind": "ema", "decay": 0.5},
+                  evaluate=lambda m: {"running_mean": m[0].running_mean.item()})
+    everything = torch.cat([x for x, _ in loader])
+    assert model[0].running_mean.item() == pytest.approx(everything.mean().item(), rel=1e-5)
+    assert history[0]["avg_running_mean"] == pytest.approx(everything.mean().item(), rel=1e-5)
+
+
+def test_resumed_dynat_awp_run_with_ema_ends_with_identical_weights(tmp_path):
+    def run(checkpoint, stop_after=None):
+        torch.manual_seed(0)
+        pair = GuideAndTarget(models.build("small_cnn", 10, 1, width=2), models.build("small_cnn", 10, 1, width=2))
+        trainer = defenses.build("dynat_trades_awp", eps=8 / 255, alpha=2 / 255, steps=1, awp_from_epoch=2, seed=1)
+        fit(pair, _tiny_loader(32, 16), epochs=3, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            schedule={"points": [[0.0, 1.0], [0.5, 0.1]]}, loss_fn=trainer, callbacks=[trainer],
+            checkpoint=checkpoint, stop_after=stop_after,
+            averaging={"kind": "ema", "decay": 0.9, "module": "target"})
+        return pair
+
+    reference = run(None).state_dict()
+    checkpoint = tmp_path / "run.partial.pt"
+    run(checkpoint, stop_after=1)
+    resumed = run(checkpoint).state_dict()
+    assert reference.keys() == resumed.keys()
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
+
+
+# --- CW-∞ ---------------------------------------------------------------------------------------------
+
+def test_cw_margin_masks_the_true_class_with_a_constant():
+    # every wrong logit is negative: a one-hot product would give 0 as the "best other" logit
+    logits = torch.tensor([[1.0, -2.0, -3.0], [0.0, 4.0, 1.0]])
+    assert cw_margin(logits, torch.tensor([0, 2])).tolist() == pytest.approx([-3.0, 3.0])
+
+
+def test_cw_linf_one_step_by_hand_and_in_the_ball():
+    # margin for y = 1 is Z_0 − Z_1 = −s·Σx: one step of size ε without random start takes ε off
+    # every pixel (s > 0)
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([1])
+    attack = attacks.build("cw-linf", eps=0.03, alpha=0.03, steps=1, random_start=False)
+    assert torch.allclose(attack(SumOfPixels(1.0), x, y), x - 0.03)
+    x = torch.rand(16, 1, 8, 8)
+    x_adv = attacks.build("cw-linf", eps=0.05, alpha=0.02, steps=5)(SumOfPixels(-1.0), x, torch.zeros(16).long())
+    assert (x_adv - x).abs().max() <= 0.05 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_cw_linf_keeps_the_first_fooling_iterate():
+    # Σx starts at 4·0.26 = 1.04 > 0, so class 1 wins at once for y = 0: the (unattacked) start is kept
+    x, y = torch.full((1, 1, 2, 2), 0.26), torch.tensor([0])
+    attack = attacks.build("cw-linf", eps=0.1, alpha=0.1, steps=3, random_start=False)
+    assert torch.equal(attack(SumOfPixels(1.0), x, y), x)
+
+
+# --- the paper profile --------------------------------------------------------------------------------
+
+def test_paper_profile_has_the_issues_hyperparameters():
+    spec = config.PROFILES["paper"]["adversarial_training"]
+    assert spec["train_attack"] == {"eps": 0.031, "alpha": 0.007, "steps": 10}
+    assert spec["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4}
+    assert spec["epochs"] == 100 and spec["batch_size"] == 128
+    assert spec["target"]["arch"] == "wrn34_10" and spec["guide"]["arch"] == "resnet18"
+    assert spec["trades"]["beta"] == 6.0
+    assert spec["dynat_trades_awp"] == {"label_weight": 0.2, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10}
+    from advlib.training import lr_multiplier, training_progress
+    steps = 391
+    lr = {epoch: lr_multiplier(training_progress(epoch - 1, 0, steps, 100), spec["schedule"])
+          for epoch in (1, 2, 75, 76, 90, 91, 100)}
+    assert lr == {1: 0.2, 2: 1.0, 75: 1.0, 76: 0.1, 90: 0.1, 91: 0.01, 100: 0.01}
+    assert lr_multiplier(training_progress(0, steps - 1, steps, 100), spec["schedule"]) == 0.2
+
+
+@pytest.fixture(scope="module")
+def paper_size_models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    spec = config.PROFILES["paper"]["adversarial_training"]
+    return {"target": models.build(spec["target"]["arch"], 10, 3), "guide": models.build(spec["guide"]["arch"], 10, 3)}
+
+
+@pytest.mark.parametrize("name", ["standard", "pgd_at", "trades", "dynat", "dynat_trades_awp"])
+def test_one_step_of_each_trainer_at_paper_size(paper_size_models, name):
+    """WRN-34-10 target (and ResNet-18 guide) on a CIFAR-shaped batch of 2; one inner step instead
+    of ten keeps the CPU test short (the step count is just a loop bound)."""
+    spec = config.PROFILES["paper"]["adversarial_training"]
+    target = paper_size_models["target"]
+    model = GuideAndTarget(paper_size_models["guide"], target) if name.startswith("dynat") else target
+    options = {} if name == "standard" else {**spec["train_attack"], "steps": 1, **spec.get(name, {})}
+    if name == "dynat_trades_awp":
+        options["awp_from_epoch"] = 1
+    trainer = defenses.build(name, **options)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([3, 8])
+    before = next(target.parameters()).detach().clone()
+    loss, logits = trainer(model, x, y, 0)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if isinstance(trainer, Callback):
+        trainer.after_step(model, 0)
+    assert torch.isfinite(loss) and logits.shape == (2, 10)
+    assert not torch.equal(before, next(target.parameters())), "the target took a step"
+    if name.startswith("dynat"):
+        assert all(p.grad is not None for p in model.guide.parameters())
+    assert "dynat" in defenses.names() and name in defenses.names()
+
+
+def test_paper_profile_results_quote_the_papers_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
+    run = config.setup("paper", device="cpu", quiet=True)
+    ours = {"method": "DYNAT", "source": "this run", **{column: 0.5 for column in recipes.AT_COLUMNS}}
+    saved = json.loads(recipes.save_at_dynat(run, [ours]).read_text())["results"]
+    assert saved[0] == ours
+    paper = {row["method"]: row for row in saved[1:]}
+    assert {row["source"] for row in saved[1:]} == {"paper (Table 1)"}
+    assert paper["DYNAT-Inner-AWP (β = 1)"]["AA"] == pytest.approx(0.553)
+    assert paper["PGD-AT"]["clean"] == pytest.approx(0.8517)
+    assert all(set(recipes.AT_COLUMNS) <= set(row) for row in saved)
