@@ -23,6 +23,16 @@ def classifier_config(run: Run) -> dict[str, Any]:
     return {"dataset": run.dataset, "seed": run.seed, **run.config["classifier"]}
 
 
+def _training_data(run: Run, config: dict[str, Any]) -> tuple[data.TensorLoader, torch.Tensor, torch.Tensor]:
+    """The shuffled (optionally augmented) training loader of ``config`` and its held-out slice."""
+    train_set = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
+    train_set, holdout = train_set.split(config["holdout"], run.seed)
+    x_val, y_val = holdout.tensors(run.device)
+    loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, augment=config["augment"],
+                               drop_last=True, device=run.device, seed=run.seed)
+    return loader, x_val, y_val
+
+
 def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The standard-trained classifier of chapter 01 (ResNet56 on CIFAR-10 in the paper profile),
     in eval mode, with its per-epoch history (training loss/accuracy, held-out accuracy)."""
@@ -30,11 +40,7 @@ def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
     model = prepare_model(models.for_dataset(config["arch"], run.dataset), run.device)
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
-        train_set = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
-        train_set, holdout = train_set.split(config["holdout"], run.seed)
-        x_val, y_val = holdout.tensors(run.device)
-        loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, augment=config["augment"],
-                                   drop_last=True, device=run.device, seed=run.seed)
+        loader, x_val, y_val = _training_data(run, config)
         return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
                    schedule=config["schedule"], checkpoint=checkpoint, desc=config["arch"],
                    evaluate=lambda m: {"val_acc": accuracy(m, x_val, y_val)})
@@ -206,11 +212,7 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     averaging = config["averaging"] and {**config["averaging"], "module": "target" if "guide" in config else None}
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
-        train_set = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
-        train_set, holdout = train_set.split(config["holdout"], run.seed)
-        x_val, y_val = holdout.tensors(run.device)
-        loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, augment=config["augment"],
-                                   drop_last=True, device=run.device, seed=run.seed)
+        loader, x_val, y_val = _training_data(run, config)
         val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
 
         def evaluate(m: nn.Module) -> dict[str, float]:

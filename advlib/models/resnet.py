@@ -16,25 +16,33 @@ from torch import nn
 from . import MODELS
 
 
-class _CifarBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
+class _BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a shortcut: a 1x1 conv + BN where the shape changes
+    (``projection=True``, ResNet-18), or He et al.'s parameter-free "option A" for the CIFAR
+    ResNets: subsample and zero-pad the extra channels."""
+
+    def __init__(self, cin: int, cout: int, stride: int, projection: bool = True) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
         self.stride, self.extra_channels = stride, cout - cin
+        self.shortcut = nn.Sequential()
+        if projection and (stride != 1 or cin != cout):
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.pad_shortcut = not projection and (stride != 1 or cin != cout)
 
-    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride == 1 and self.extra_channels == 0:
-            return x
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.pad_shortcut:
+            return self.shortcut(x)
         x = x[:, :, ::self.stride, ::self.stride]
         half = self.extra_channels // 2
         return F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return F.relu(self.bn2(self.conv2(out)) + self.residual(x))
 
 
 class CifarResNet(nn.Module):
@@ -47,7 +55,7 @@ class CifarResNet(nn.Module):
         stages, cin = [], 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(blocks_per_stage):
-                stages.append(_CifarBlock(cin, cout, stride if i == 0 else 1))
+                stages.append(_BasicBlock(cin, cout, stride if i == 0 else 1, projection=False))
                 cin = cout
         self.stages = nn.Sequential(*stages)
         self.fc = nn.Linear(64, num_classes)
@@ -70,23 +78,10 @@ def resnet56(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(9, num_classes, in_channels)
 
 
-class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016b): BN-ReLU before each conv, 1x1 conv shortcut
+    from the activated input where the shape changes; also the block of the Wide ResNets."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-class _PreActBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
@@ -109,7 +104,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 3, preact: bool = False) -> None:
         super().__init__()
-        block = _PreActBlock if preact else _BasicBlock
+        block = PreActBlock if preact else _BasicBlock
         self.preact = preact
         self.conv = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(512 if preact else 64)

@@ -10,22 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import MODELS
-
-
-class _WideBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if cin == cout and stride == 1 else nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
-        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
-        return out + shortcut
+from .resnet import PreActBlock
 
 
 class WideResNet(nn.Module):
@@ -39,7 +24,7 @@ class WideResNet(nn.Module):
         blocks, cin = [], widths[0]
         for cout, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
-                blocks.append(_WideBlock(cin, cout, stride if i == 0 else 1))
+                blocks.append(PreActBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(cin)
