@@ -4,21 +4,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import autocast
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` (float32), computed in batches in eval mode; the mode is restored."""
+    """Logits of ``model`` on ``x``, batched, in eval mode (restored afterwards), on the model's device.
+
+    Always float32, without autocast: attacks are crafted in float32, so they are judged in float32
+    too (a bf16 forward pass can flip examples that sit on the decision boundary)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        outputs = []
-        for start in range(0, len(x), batch_size):
-            with autocast(device):
-                outputs.append(model(x[start:start + batch_size].to(device)).float())
-        return torch.cat(outputs)
+        outputs = [model(x[start:start + batch_size].to(device)).float() for start in range(0, len(x), batch_size)]
+        return torch.cat(outputs) if outputs else torch.empty(0, device=device)
     finally:
         model.train(was_training)
 

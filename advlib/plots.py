@@ -124,9 +124,9 @@ def autoencoder_diagram(net: torch.nn.Module) -> plt.Figure:
 
 def _predictions(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted class, its softmax probability) per image, float32, in eval mode."""
-    from .attacks.evaluate import logits
+    from .evaluation import predict
 
-    probabilities = logits(model, x).softmax(1).cpu()
+    probabilities = predict(model, x).softmax(1).cpu()
     confidence, predicted = probabilities.max(1)
     return predicted, confidence
 

@@ -24,7 +24,7 @@ from torch import nn
 import advlib
 from advlib import cache, data, models, recipes
 from advlib.attacks import build
-from advlib.attacks.evaluate import logits
+from advlib.evaluation import predict
 from advlib.registry import UnknownNameError
 from advlib.training import fit
 
@@ -94,7 +94,7 @@ def main() -> None:
     x, y = recipes.test_set(run, args.n)
     aa_n = min(args.aa_n or args.n, args.n)
     alpha = args.eps / 4
-    accuracy = lambda x_adv, labels=y: (logits(model, x_adv).argmax(1) == labels).float().mean().item()
+    accuracy = lambda x_adv, labels=y: (predict(model, x_adv).argmax(1) == labels).float().mean().item()
 
     import torchattacks
 

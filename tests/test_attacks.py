@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import advlib.attacks as attacks
-from advlib.attacks.evaluate import logits, robust_accuracy
+from advlib.attacks.evaluate import robust_accuracy
+from advlib.evaluation import predict
 from advlib.registry import UnknownNameError
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -132,14 +133,14 @@ def test_pgd_robust_accuracy_matches_torchattacks(small_model, test_batch):
     x, y = test_batch
     # 4/255 leaves the small model between its clean accuracy and zero (looked at: ~80 % → ~67 %).
     eps, alpha, steps = 4 / 255, 1 / 255, 10
-    clean = (logits(small_model, x).argmax(1) == y).float().mean().item()
+    clean = (predict(small_model, x).argmax(1) == y).float().mean().item()
     ours = attacks.build("pgd", eps=eps, alpha=alpha, steps=steps)(small_model, x, y)
     state = torch.get_rng_state()
     torch.manual_seed(0)  # torchattacks draws its random start from the global RNG
     theirs = torchattacks.PGD(small_model, eps=eps, alpha=alpha, steps=steps)(x, y)
     torch.set_rng_state(state)
-    ours_accuracy = (logits(small_model, ours).argmax(1) == y).float().mean().item()
-    theirs_accuracy = (logits(small_model, theirs).argmax(1) == y).float().mean().item()
+    ours_accuracy = (predict(small_model, ours).argmax(1) == y).float().mean().item()
+    theirs_accuracy = (predict(small_model, theirs).argmax(1) == y).float().mean().item()
     assert 0.15 < ours_accuracy < clean - 0.05, "pick an ε where the comparison means something"
     assert abs(ours_accuracy - theirs_accuracy) <= 0.02
 
@@ -152,9 +153,9 @@ def test_cw_is_not_weaker_than_torchattacks(small_model, test_batch):
         theirs = torchattacks.CW(small_model, **settings_)(x, y)
     finally:  # torchattacks' CW calls .backward(): clear the shared model's .grad fields it filled
         small_model.zero_grad(set_to_none=True)
-    clean = logits(small_model, x).argmax(1) == y
-    ours_fooled = clean & (logits(small_model, ours).argmax(1) != y)
-    theirs_fooled = clean & (logits(small_model, theirs).argmax(1) != y)
+    clean = predict(small_model, x).argmax(1) == y
+    ours_fooled = clean & (predict(small_model, ours).argmax(1) != y)
+    theirs_fooled = clean & (predict(small_model, theirs).argmax(1) != y)
     assert theirs_fooled.sum() > 10, "the comparison needs successes"
     assert ours_fooled.sum() >= theirs_fooled.sum() - 2
     both = ours_fooled & theirs_fooled
@@ -243,7 +244,7 @@ def test_worst_case_bounds_every_attack_and_clean_bounds_all(seed, eps, cascade,
 def test_clean_misclassified_examples_are_never_attacked():
     model = tiny_model()
     x, y = random_batch(5, 20)
-    clean = logits(model, x).argmax(1) == y
+    clean = predict(model, x).argmax(1) == y
     calls = []
 
     class Recording(attacks.Attack):

@@ -1,23 +1,27 @@
 """BIM, the basic iterative method (Kurakin, Goodfellow & Bengio 2017): iterated FGSM."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from . import ATTACKS
 from ._checks import check_eps, project_linf
 from .base import Attack
-from .fgsm import cross_entropy_gradient
+from .fgsm import loss_gradient, summed_cross_entropy
 
 
-def iterate_sign_steps(model: nn.Module, x: torch.Tensor, x_start: torch.Tensor, y: torch.Tensor,
-                       eps: float, alpha: float, steps: int) -> torch.Tensor:
-    """``steps`` signed-gradient ascent steps of size ``alpha`` on the cross-entropy from
-    ``x_start``, each projected back onto the L∞ ball of radius ``eps`` around ``x`` and onto [0, 1].
-    Returns the last iterate (as Kurakin et al. and Madry et al. do)."""
+def iterate_sign_steps(model: nn.Module, x: torch.Tensor, x_start: torch.Tensor,
+                       loss: Callable[[torch.Tensor], torch.Tensor], eps: float, alpha: float,
+                       steps: int) -> torch.Tensor:
+    """``steps`` signed-gradient ascent steps of size ``alpha`` on ``loss(model(x'))`` from
+    ``x_start``, each projected back onto the L∞ ball of radius ``eps`` around ``x`` and onto
+    [0, 1]. Returns the last iterate (as Kurakin et al. and Madry et al. do). BIM and PGD ascend
+    the cross-entropy; TRADES and DYNAT craft their training examples with other losses."""
     x_adv = x_start
     for _ in range(steps):
-        x_adv = project_linf(x_adv + alpha * cross_entropy_gradient(model, x_adv, y).sign(), x, eps)
+        x_adv = project_linf(x_adv + alpha * loss_gradient(model, x_adv, loss).sign(), x, eps)
     return x_adv
 
 
@@ -53,4 +57,4 @@ class BIM(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
-        return iterate_sign_steps(model, x, x, y, self.eps, self.alpha, self.steps)
+        return iterate_sign_steps(model, x, x, summed_cross_entropy(y), self.eps, self.alpha, self.steps)

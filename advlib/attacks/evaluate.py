@@ -13,21 +13,12 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..evaluation import predict
 from ._checks import RANGE_TOLERANCE, check_inputs
-from .base import Attack, model_mode
+from .base import Attack
 
 # An L∞ attack may overshoot its budget by float rounding (x + ε − x ≠ ε), never by more.
 EPS_TOLERANCE = 1e-6
-
-
-@torch.no_grad()
-def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """``model(x)`` in eval mode and float32 (no autocast: attacks are crafted in float32, so they
-    are judged in float32), batched, on the model's device; the model's mode is restored."""
-    device = next(model.parameters()).device
-    with model_mode(model, "eval"):
-        return torch.cat([model(x[i:i + batch_size].to(device)).float()
-                          for i in range(0, len(x), batch_size)]) if len(x) else torch.empty(0, device=device)
 
 
 @dataclass
@@ -110,7 +101,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if len(set(names)) != len(names):
         raise ValueError(f"attack names must be unique, got {names}")
     device = next(model.parameters()).device
-    clean = (logits(model, x, batch_size).argmax(1) == y.to(device)).cpu()
+    clean = (predict(model, x, batch_size).argmax(1) == y.to(device)).cpu()
     survivors = clean.clone()
     report = RobustnessReport(clean, {}, survivors, cascade=cascade)
     for name, attack in named:
@@ -122,7 +113,7 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             x_batch, y_batch = x[batch].to(device), y[batch].to(device)
             x_adv = attack(model, x_batch, y_batch, generator=generator)
             _check_adversarial(name, attack, x_batch, x_adv)
-            robust[batch] = (logits(model, x_adv, batch_size).argmax(1) == y_batch).cpu()
+            robust[batch] = (predict(model, x_adv, batch_size).argmax(1) == y_batch).cpu()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         report.seconds[name] = time.perf_counter() - started

@@ -1,6 +1,8 @@
 """FGSM, the fast gradient sign method (Goodfellow, Shlens & Szegedy 2015)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,17 +12,20 @@ from ._checks import check_eps
 from .base import Attack
 
 
-def cross_entropy_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """∇ₓ of the cross-entropy loss of ``model`` at ``x``.
-
-    The loss is summed over the batch, not averaged, so that each example's gradient is the same
-    whatever the batch size (a mean would shrink it by 1/N, and tiny gradients lose their sign to
-    underflow). ``torch.autograd.grad`` leaves the model's ``.grad`` fields untouched.
-    """
+def loss_gradient(model: nn.Module, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """∇ₓ of ``loss(model(x))`` (logits in float32). ``torch.autograd.grad`` leaves the model's
+    ``.grad`` fields untouched."""
     x = x.detach().requires_grad_(True)
-    loss = F.cross_entropy(model(x).float(), y, reduction="sum")
-    (gradient,) = torch.autograd.grad(loss, x)
+    with torch.enable_grad():
+        (gradient,) = torch.autograd.grad(loss(model(x).float()), x)
     return gradient
+
+
+def summed_cross_entropy(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The cross-entropy summed over the batch, not averaged, so that each example's gradient is the
+    same whatever the batch size (a mean would shrink it by 1/N, and tiny gradients lose their sign
+    to underflow)."""
+    return lambda logits: F.cross_entropy(logits, y, reduction="sum")
 
 
 @ATTACKS.register("fgsm")
@@ -40,4 +45,4 @@ class FGSM(Attack):
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
-        return (x + self.eps * cross_entropy_gradient(model, x, y).sign()).clamp_(0, 1)
+        return (x + self.eps * loss_gradient(model, x, summed_cross_entropy(y)).sign()).clamp_(0, 1)

@@ -9,6 +9,7 @@ from . import ATTACKS
 from ._checks import check_eps, project_linf
 from .base import Attack
 from .bim import check_step_settings, iterate_sign_steps
+from .fgsm import summed_cross_entropy
 
 
 @ATTACKS.register("pgd")
@@ -42,7 +43,7 @@ class PGD(Attack):
         if self.random_start:
             noise = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=generator)
             start = project_linf(x + noise, x, self.eps)
-        return iterate_sign_steps(model, x, start, y, self.eps, self.alpha, self.steps)
+        return iterate_sign_steps(model, x, start, summed_cross_entropy(y), self.eps, self.alpha, self.steps)
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:

@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import attacks
 from ..attacks._checks import project_linf
+from ..attacks.bim import iterate_sign_steps
 from ..attacks.base import model_mode
 from . import DEFENSES
 
@@ -52,13 +53,8 @@ def maximize_linf(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[torch.Te
     radius ``eps`` and [0, 1]. Gradients are taken with respect to x' only; run it in the mode the
     trainer chose (the reference codes use eval mode)."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    x_adv = project_linf(x + GAUSSIAN_START_STD * noise, x, eps).detach()
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(loss_fn(model(x_adv)), x_adv)
-        x_adv = project_linf(x_adv.detach() + alpha * grad.sign(), x, eps).detach()
-    return x_adv
+    start = project_linf(x + GAUSSIAN_START_STD * noise, x, eps).detach()
+    return iterate_sign_steps(model, x, start, loss_fn, eps, alpha, steps)
 
 
 class EpochSeeded:
