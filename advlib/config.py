@@ -70,6 +70,24 @@ PROFILES: dict[str, dict[str, Any]] = {
             # AutoAttack costs ~1 CPU-second per robust image here: a few dozen images, as a check
             "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20},
         },
+        "distillation": {
+            # Chapter 7: chapter 6's TRADES CNN (width 16) teaches a width-8 student on the same data
+            # budget and the same ε as chapters 6 and 8. Six epochs so that SWA (from 47.5 % of
+            # training, SAAD's epoch 95 of 200) averages four of them.
+            "teacher": "trades", "robustbench_teacher": None,
+            "student": {"arch": "small_cnn", "width": 8},
+            "normalize": True, "train_subset": 2400, "holdout": 200, "batch_size": 128, "epochs": 6,
+            "augment": False,
+            "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 2e-4},
+            "schedule": {"interpolate": "step", "points": [[0.0, 0.2], [0.2, 1.0], [0.75, 0.1]]},
+            "train_attack": {"eps": 0.1, "alpha": 0.04, "steps": 3},
+            "ard": {"temperature": 1.0, "ce_weight": 0.0}, "rslad": {"adversarial_weight": 5 / 6},
+            "adaad": {}, "igdm": {"igdm_weight": 1.0},
+            "saad": {"lam": 1.0, "renyi_order": 1.0, "igdm_weight": 1.0, "clean_weight": 0.0},
+            "averaging": {"kind": "swa", "start": 0.475, "every": "epoch"}, "average_baselines": False,
+            "eval_attack": {"eps": 0.1, "alpha": 0.025},
+            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20},
+        },
     },
     "paper": {
         "description": "GPU-sized: CIFAR-10 and the hyperparameters of the seed papers",
@@ -110,6 +128,28 @@ PROFILES: dict[str, dict[str, Any]] = {
             "eval_attack": {"eps": 0.031, "alpha": 0.003},
             # AutoAttack on the first 1000 test images, as the authors' evaluation script does
             "evaluation": {"eval_subset": None, "autoattack_subset": 1000, "cw_steps": 20},
+        },
+        "distillation": {
+            # Seed 001 and the authors' code (notes §2): ResNet-18 student (``mobilenetv2`` the other),
+            # no input normalisation, crop+flip, SGD lr 0.1, momentum 0.9, wd 2e-4, batch 128, 200
+            # epochs, lr /10 at epochs 100 and 150; ε 8/255, step 2/255, 10 steps for every method;
+            # SWA of SAAD's student at the end of every epoch from 95 on. The teacher is chapter 6's
+            # TRADES WRN-34-10, or a RobustBench model by name (the paper's: Gowal2021Improving_28_10_ddpm_100m).
+            # The held-out slice for the per-epoch curves is ours. CW-inf: 50 steps, as the authors'
+            # script (which also restarts it 10 times).
+            "teacher": "trades", "robustbench_teacher": None,
+            "student": {"arch": "resnet18"},
+            "normalize": False, "train_subset": None, "holdout": 1000, "batch_size": 128, "epochs": 200,
+            "augment": True,
+            "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
+            "schedule": {"interpolate": "step", "points": [[0.0, 1.0], [0.5, 0.1], [0.75, 0.01]]},
+            "train_attack": {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
+            "ard": {"temperature": 1.0, "ce_weight": 0.0}, "rslad": {"adversarial_weight": 5 / 6},
+            "adaad": {}, "igdm": {"igdm_weight": 1.0},
+            "saad": {"lam": 1.0, "renyi_order": 1.0, "igdm_weight": 1.0, "clean_weight": 0.0},
+            "averaging": {"kind": "swa", "start": 0.475, "every": "epoch"}, "average_baselines": False,
+            "eval_attack": {"eps": 8 / 255, "alpha": 2 / 255},
+            "evaluation": {"eval_subset": None, "autoattack_subset": None, "cw_steps": 50},
         },
     },
 }

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import attacks, cache, data, defenses, models
+from . import attacks, cache, data, defenses, models, paths
 from .attacks._checks import project_linf
 from .config import Run, prepare_model
 from .defenses.purification import Purified
@@ -185,7 +185,7 @@ def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
     return config
 
 
-def _at_network(run: Run, arch: dict[str, Any], normalize: bool) -> nn.Module:
+def _network(run: Run, arch: dict[str, Any], normalize: bool) -> nn.Module:
     params = {k: v for k, v in arch.items() if k != "arch"}
     if normalize:
         return models.for_dataset(arch["arch"], run.dataset, **params)
@@ -201,9 +201,9 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     :class:`~advlib.defenses.dynat.GuideAndTarget` pair, whose forward pass is the target's."""
     config = adversarial_training_config(run, method)
     spec = run.config["adversarial_training"]
-    target = _at_network(run, config["target"], config["normalize"])
+    target = _network(run, config["target"], config["normalize"])
     if "guide" in config:
-        model = defenses.dynat.GuideAndTarget(_at_network(run, config["guide"], config["normalize"]), target)
+        model = defenses.dynat.GuideAndTarget(_network(run, config["guide"], config["normalize"]), target)
     else:
         model = target
     model = prepare_model(model, run.device)
@@ -235,6 +235,29 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
 AT_COLUMNS = ("clean", "PGD-10", "PGD-20", "PGD-50", "CW", "AA")
 
 
+def _robustness_row(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    named_attacks: dict[str, Any], eps: float, autoattack_subset: int | None) -> dict[str, float]:
+    """Accuracy clean and under each of ``named_attacks`` on its own, and under AutoAttack (standard)
+    on the first ``autoattack_subset`` images together with PGD-20 on those same images (the check
+    AA ≤ PGD-20); ``named_attacks`` must hold ``"PGD-20"``."""
+    report = attacks.evaluate.robust_accuracy(model, x, y, named_attacks, cascade=False)
+    n_aa = min(autoattack_subset or len(x), len(x))
+    aa = attacks.build("autoattack", eps=eps, version="standard", seed=run.seed)
+    aa_report = attacks.evaluate.robust_accuracy(model, x[:n_aa], y[:n_aa],
+                                                 {"AA": aa, "PGD-20": named_attacks["PGD-20"]}, cascade=False)
+    row = {**report.accuracies, "AA": aa_report.accuracies["AA"],
+           "PGD-20 (AA images)": aa_report.accuracies["PGD-20"], "images": len(x), "aa_images": n_aa}
+    row.pop("worst case", None)
+    return row
+
+
+def _stored_row(stored: dict[str, torch.Tensor], label: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"method": label, "source": "this run"}
+    for key, value in stored.items():
+        row[key] = int(value) if key in ("images", "aa_images") else round(float(value), 6)
+    return row
+
+
 def at_evaluation(run: Run, method: str) -> dict[str, Any]:
     """One row of the paper's Table 1 for ``method``: accuracy (in [0, 1]) clean and under PGD-10/20/50
     and CW-∞ (each attack on its own, on the profile's ``eval_subset`` test images), and under
@@ -248,23 +271,14 @@ def at_evaluation(run: Run, method: str) -> dict[str, Any]:
         model, _ = adversarially_trained(run, method)
         x, y = test_set(run, evaluation["eval_subset"])
         eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
-        pgd = {f"PGD-{steps}": attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, seed=run.seed)
-               for steps in (10, 20, 50)}
-        cw = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"], seed=run.seed)
-        report = attacks.evaluate.robust_accuracy(model, x, y, {**pgd, "CW": cw}, cascade=False)
-        n_aa = min(evaluation["autoattack_subset"] or len(x), len(x))
-        aa = attacks.build("autoattack", eps=eps, version="standard", seed=run.seed)
-        aa_report = attacks.evaluate.robust_accuracy(model, x[:n_aa], y[:n_aa],
-                                                     {"AA": aa, "PGD-20": pgd["PGD-20"]}, cascade=False)
-        row = {**report.accuracies, "AA": aa_report.accuracies["AA"],
-               "PGD-20 (AA images)": aa_report.accuracies["PGD-20"], "images": len(x), "aa_images": n_aa}
-        return {key: torch.tensor(float(value)) for key, value in row.items() if key != "worst case"}
+        named = {f"PGD-{steps}": attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, seed=run.seed)
+                 for steps in (10, 20, 50)}
+        named["CW"] = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"], seed=run.seed)
+        row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"])
+        return {key: torch.tensor(float(value)) for key, value in row.items()}
 
     stored = cache.load_or_compute("at-evaluation", config, compute)
-    row: dict[str, Any] = {"method": AT_METHOD_LABELS.get(method, method), "source": "this run"}
-    for key, value in stored.items():
-        row[key] = int(value) if key in ("images", "aa_images") else round(float(value), 6)
-    return row
+    return _stored_row(stored, AT_METHOD_LABELS.get(method, method))
 
 
 def save_at_dynat(run: Run, rows: list[dict[str, Any]]) -> Any:
@@ -277,3 +291,148 @@ def save_at_dynat(run: Run, rows: list[dict[str, Any]]) -> Any:
         table += [{"method": method, "source": f"paper ({name})", **{k: v / 100 for k, v in values.items()}}
                   for method, values in paper_rows.items()]
     return run.save_results("at_dynat", table)
+
+
+# --- chapter 7: adversarial distillation and SAAD ----------------------------------------------------
+
+DISTILLATION_METHODS = ("standard", "ard", "rslad", "adaad", "igdm", "saad")
+
+DISTILLATION_LABELS = {"teacher": "Teacher", "standard": "Standard student (no teacher)", "ard": "ARD",
+                       "rslad": "RSLAD", "adaad": "AdaAD", "igdm": "IGDM (on AdaAD)", "saad": "SAAD"}
+
+_DISTILLATION_TRAINING_KEYS = ("student", "normalize", "train_subset", "holdout", "batch_size", "epochs",
+                               "augment", "optimizer", "schedule")
+
+# IGDM's α is 10 on CIFAR-100 (and Tiny-ImageNet) in the authors' scripts, 1 elsewhere.
+IGDM_WEIGHT_BY_DATASET = {"cifar100": 10.0}
+
+
+def distillation_teacher_config(run: Run) -> dict[str, Any]:
+    """What determines the teacher: chapter 6's method ``teacher`` under this profile, or the
+    RobustBench model named by ``robustbench_teacher``."""
+    spec = run.config["distillation"]
+    if spec["robustbench_teacher"]:
+        return {"robustbench": spec["robustbench_teacher"], "dataset": run.dataset}
+    return adversarial_training_config(run, spec["teacher"])
+
+
+def robustbench_model(name: str, dataset: str) -> nn.Module:
+    """A RobustBench L∞ model by name (it normalises its input itself). Needs the ``robustbench``
+    package and, the first time, the network: the weights are downloaded into the advlib cache."""
+    try:
+        from robustbench.utils import load_model
+    except ImportError as error:
+        raise ImportError("robustbench_teacher needs the robustbench package: "
+                          "pip install git+https://github.com/RobustBench/robustbench ; or leave "
+                          "robustbench_teacher empty to train the teacher of chapter 6") from error
+    if dataset not in ("cifar10", "cifar100"):
+        raise ValueError(f"RobustBench has L-inf models for cifar10 and cifar100, not {dataset!r}")
+    try:
+        return load_model(model_name=name, dataset=dataset, threat_model="Linf",
+                          model_dir=str(paths.cache_dir() / "robustbench"))
+    except Exception as error:
+        raise RuntimeError(f"could not load the RobustBench model {name!r} for {dataset} ({error}); its weights "
+                           "are downloaded on first use, so this needs the network once") from error
+
+
+def distillation_teacher(run: Run) -> nn.Module:
+    """The robust teacher of chapter 7, in eval mode: chapter 6's model (trained if not cached) or a
+    RobustBench model."""
+    spec = run.config["distillation"]
+    if spec["robustbench_teacher"]:
+        return prepare_model(robustbench_model(spec["robustbench_teacher"], run.dataset), run.device).eval()
+    return adversarially_trained(run, spec["teacher"])[0]
+
+
+def distillation_config(run: Run, method: str) -> dict[str, Any]:
+    """Everything that determines the weights of the student of ``method`` (a member of
+    :data:`DISTILLATION_METHODS`) under ``run``'s profile."""
+    if method not in DISTILLATION_METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; known methods: {', '.join(DISTILLATION_METHODS)}")
+    spec = run.config["distillation"]
+    config = {"method": method, "dataset": run.dataset, "seed": run.seed,
+              **{k: spec[k] for k in _DISTILLATION_TRAINING_KEYS}}
+    if method != "standard":
+        options = {**spec["train_attack"], **spec[method]}
+        if method in ("igdm", "saad"):
+            options["epochs"] = spec["epochs"]
+            options["igdm_weight"] = IGDM_WEIGHT_BY_DATASET.get(run.dataset, options["igdm_weight"])
+        config["teacher"] = distillation_teacher_config(run)
+        config["trainer_options"] = options
+    config["averaging"] = spec["averaging"] if method == "saad" or spec["average_baselines"] else None
+    return config
+
+
+def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The student of ``method`` in eval mode (SAAD's is the SWA average), with its per-epoch history:
+    training loss/accuracy, held-out clean and PGD-10 accuracy and ``val_transfer``, the fraction of
+    the student's held-out PGD-10 examples that fool the student and also fool the teacher; for
+    SAAD also :meth:`~advlib.defenses.distillation.SAAD.pop_weight_statistics`."""
+    config = distillation_config(run, method)
+    spec = run.config["distillation"]
+    model = prepare_model(_network(run, config["student"], config["normalize"]), run.device)
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        teacher = distillation_teacher(run)
+        if method == "standard":
+            trainer = defenses.build("standard")
+        else:
+            trainer = defenses.build(method, teacher=teacher, **config["trainer_options"], seed=run.seed)
+        loader, x_val, y_val = _training_data(run, config)
+        val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
+
+        def evaluate(student: nn.Module) -> dict[str, float]:
+            x_adv = val_attack(student, x_val, y_val)
+            record = {"val_clean": accuracy(student, x_val, y_val), "val_pgd10": accuracy(student, x_adv, y_val),
+                      "val_transfer": defenses.distillation.transfer_rate(student, teacher, x_adv, y_val)}
+            if isinstance(trainer, defenses.distillation.SAAD) and student is model:
+                record.update(trainer.pop_weight_statistics())
+            return record
+
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
+                   schedule=config["schedule"], loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate,
+                   desc=method, averaging=config["averaging"])
+
+    model, history = cache.load_or_train(f"distilled-{method}", config, model, train)
+    return model.eval(), history
+
+
+DISTILLATION_COLUMNS = ("clean", "FGSM", "PGD-20", "CW", "AA")
+
+
+def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
+    """One row of the SAAD comparison for ``"teacher"`` or a student of :data:`DISTILLATION_METHODS`:
+    accuracy (in [0, 1]) clean and under FGSM, PGD-20 and CW-∞ (each on its own, on the profile's
+    ``eval_subset`` test images), AutoAttack (standard) on the first ``autoattack_subset`` with
+    PGD-20 on the same images, and for students ``transfer``: the fraction of the student's PGD-20
+    examples that fool the student and also fool the teacher. Cached like a trained model."""
+    spec = run.config["distillation"]
+    evaluation = spec["evaluation"]
+    model_config = distillation_teacher_config(run) if method == "teacher" else distillation_config(run, method)
+    config = {"model": model_config, "teacher": distillation_teacher_config(run), **evaluation,
+              "eval_attack": spec["eval_attack"]}
+
+    def compute() -> dict[str, torch.Tensor]:
+        teacher = distillation_teacher(run)
+        model = teacher if method == "teacher" else distilled_student(run, method)[0]
+        x, y = test_set(run, evaluation["eval_subset"])
+        eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
+        pgd20 = attacks.build("pgd", eps=eps, alpha=alpha, steps=20, seed=run.seed)
+        named = {"FGSM": attacks.build("fgsm", eps=eps), "PGD-20": pgd20,
+                 "CW": attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"], seed=run.seed)}
+        row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"])
+        if method != "teacher":
+            generator = torch.Generator(device=run.device).manual_seed(run.seed)
+            x_adv = torch.cat([pgd20(model, x[i:i + 256], y[i:i + 256], generator=generator)
+                               for i in range(0, len(x), 256)])
+            row["transfer"] = defenses.distillation.transfer_rate(model, teacher, x_adv, y)
+        return {key: torch.tensor(float(value)) for key, value in row.items()}
+
+    stored = cache.load_or_compute("distillation-evaluation", config, compute)
+    return _stored_row(stored, DISTILLATION_LABELS[method])
+
+
+def save_distillation(run: Run, rows: list[dict[str, Any]]) -> Any:
+    """Write ``_build/results/<profile>-<dataset>/distillation.json``, one row per model, every
+    accuracy a fraction in [0, 1]."""
+    return run.save_results("distillation", rows)

@@ -104,10 +104,11 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
     uninterrupted one. ``stop_after`` ends the call after that many epochs (as a kill would).
 
     ``averaging`` (``{"kind": "swa" | "ema", "decay": …, "start": fraction of training,
-    "module": submodule name or None}``) averages the weights after every step from ``start``
-    on. Each epoch the average's BatchNorm statistics are re-estimated on the (clean) training
-    batches and ``evaluate`` also runs on it (keys prefixed ``avg_``); at the end the average
-    replaces the trained weights.
+    "every": "step" | "epoch", "module": submodule name or None}``) averages the weights after
+    every step from ``start`` on, or (``"every": "epoch"``) at the end of every epoch that ends at
+    or after ``start``, as SAAD's SWA does. Each epoch the average's BatchNorm statistics are
+    re-estimated on the (clean) training batches and ``evaluate`` also runs on it (keys prefixed
+    ``avg_``); at the end the average replaces the trained weights.
     """
     device = next(model.parameters()).device
     opt = make_optimizer(model.parameters(), **optimizer)
@@ -122,6 +123,9 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
             averaged.load_state_dict(state["averaged"])
         history = list(state["history"])
     steps_per_epoch = len(loader)
+    per_epoch = bool(averaging) and averaging.get("every", "step") == "epoch"
+    if averaging and averaging.get("every", "step") not in ("step", "epoch"):
+        raise ValueError(f"averaging 'every' must be 'step' or 'epoch', not {averaging['every']!r}")
     for epoch in range(len(history), epochs):
         if stop_after is not None and epoch >= stop_after:
             break
@@ -145,13 +149,15 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
             opt.step()
             for callback in callbacks:
                 callback.after_step(model, epoch)
-            if averaged is not None and progress >= averaging.get("start", 0.0):
+            if averaged is not None and not per_epoch and progress >= averaging.get("start", 0.0):
                 averaged.update_parameters(averaging_source(model, averaging))
             loss_sum += loss.detach() * len(y)
             if logits is not None:
                 has_logits = True
                 correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+        if averaged is not None and per_epoch and (epoch + 1) / epochs >= averaging.get("start", 0.0):
+            averaged.update_parameters(averaging_source(model, averaging))
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": base_lrs[0] * multiplier,
                                   "train_loss": loss_sum.item() / seen}
         if has_logits:

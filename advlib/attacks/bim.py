@@ -9,20 +9,27 @@ from torch import nn
 from . import ATTACKS
 from ._checks import check_eps, project_linf
 from .base import Attack
-from .fgsm import loss_gradient, summed_cross_entropy
+from .fgsm import input_gradient, summed_cross_entropy
+
+
+def sign_ascent(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, x_start: torch.Tensor,
+                eps: float, alpha: float, steps: int) -> torch.Tensor:
+    """``steps`` signed-gradient ascent steps of size ``alpha`` on the scalar ``objective(x')`` from
+    ``x_start``, each projected back onto the L∞ ball of radius ``eps`` around ``x`` and onto
+    [0, 1]. Returns the last iterate (as Kurakin et al. and Madry et al. do)."""
+    x_adv = x_start
+    for _ in range(steps):
+        x_adv = project_linf(x_adv + alpha * input_gradient(objective, x_adv).sign(), x, eps)
+    return x_adv
 
 
 def iterate_sign_steps(model: nn.Module, x: torch.Tensor, x_start: torch.Tensor,
                        loss: Callable[[torch.Tensor], torch.Tensor], eps: float, alpha: float,
                        steps: int) -> torch.Tensor:
-    """``steps`` signed-gradient ascent steps of size ``alpha`` on ``loss(model(x'))`` from
-    ``x_start``, each projected back onto the L∞ ball of radius ``eps`` around ``x`` and onto
-    [0, 1]. Returns the last iterate (as Kurakin et al. and Madry et al. do). BIM and PGD ascend
-    the cross-entropy; TRADES and DYNAT craft their training examples with other losses."""
-    x_adv = x_start
-    for _ in range(steps):
-        x_adv = project_linf(x_adv + alpha * loss_gradient(model, x_adv, loss).sign(), x, eps)
-    return x_adv
+    """:func:`sign_ascent` on ``loss(model(x'))``, the logits in float32. BIM and PGD ascend the
+    cross-entropy; TRADES and DYNAT craft their training examples with other losses; the
+    adversarial distillation methods ascend objectives that also involve the teacher."""
+    return sign_ascent(lambda x_adv: loss(model(x_adv).float()), x, x_start, eps, alpha, steps)
 
 
 def check_step_settings(alpha: float, steps: int) -> None:

@@ -12,13 +12,18 @@ from ._checks import check_eps
 from .base import Attack
 
 
-def loss_gradient(model: nn.Module, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """∇ₓ of ``loss(model(x))`` (logits in float32). ``torch.autograd.grad`` leaves the model's
-    ``.grad`` fields untouched."""
+def input_gradient(objective: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """∇ₓ of the scalar ``objective(x)``. ``torch.autograd.grad`` leaves every model's ``.grad``
+    fields untouched."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        (gradient,) = torch.autograd.grad(loss(model(x).float()), x)
+        (gradient,) = torch.autograd.grad(objective(x), x)
     return gradient
+
+
+def loss_gradient(model: nn.Module, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """∇ₓ of ``loss(model(x))``, the logits in float32."""
+    return input_gradient(lambda inputs: loss(model(inputs).float()), x)
 
 
 def summed_cross_entropy(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -19,3 +19,4 @@ def names() -> list[str]:
 
 from . import purification  # noqa: E402,F401  (registers the purification trainers)
 from . import adversarial_training, awp, dynat  # noqa: E402,F401  (registers the adversarial trainers)
+from . import distillation  # noqa: E402,F401  (registers the adversarial distillation trainers)

@@ -52,9 +52,14 @@ def maximize_linf(model: nn.Module, x: torch.Tensor, loss_fn: Callable[[torch.Te
     ``alpha`` on ``loss_fn(model(x'))`` from x + 0.001·N(0, I), each projected onto the L∞ ball of
     radius ``eps`` and [0, 1]. Gradients are taken with respect to x' only; run it in the mode the
     trainer chose (the reference codes use eval mode)."""
+    return iterate_sign_steps(model, x, gaussian_start(x, eps, generator), loss_fn, eps, alpha, steps)
+
+
+def gaussian_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
+    """x + 0.001·N(0, I), projected onto the L∞ ball and [0, 1]: the start of TRADES's, DYNAT's and the
+    adversarial distillation methods' inner maximisation."""
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    start = project_linf(x + GAUSSIAN_START_STD * noise, x, eps).detach()
-    return iterate_sign_steps(model, x, start, loss_fn, eps, alpha, steps)
+    return project_linf(x + GAUSSIAN_START_STD * noise, x, eps).detach()
 
 
 class EpochSeeded:

@@ -1,0 +1,354 @@
+"""Adversarial distillation (chapter 7): every loss term worked by hand on tiny tensors, the
+linearised teacher checked against a linear teacher (for which it is exact), frozen teachers, the
+per-epoch SWA of SAAD, and a few SAAD steps at the paper's sizes."""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from math import isnan, log
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advlib import config, data, defenses, models, recipes
+from advlib.defenses.distillation import (
+    SAAD, adaad_loss, ard_loss, igdm_ramp, igdm_term, kl_per_sample, linearised_teacher_logits,
+    normalised_weights, renyi_entropy, rslad_loss, saad_loss, transfer_rate, transferability_weights)
+from advlib.training import Callback, fit
+
+TRAINERS = ("ard", "rslad", "adaad", "igdm", "saad")
+# softmax(0, ln 3) = (1/4, 3/4) and softmax(0, 0) = (1/2, 1/2)
+QUARTER = torch.tensor([[0.0, log(3)]])
+HALF = torch.zeros(1, 2)
+KL_QUARTER_HALF = 0.25 * log(0.25 / 0.5) + 0.75 * log(0.75 / 0.5)
+KL_HALF_QUARTER = 0.5 * log(0.5 / 0.25) + 0.5 * log(0.5 / 0.75)
+
+
+def _trainer(name: str, teacher: nn.Module, **options):
+    settings = {"eps": 0.1, "alpha": 0.04, "steps": 2, **({"epochs": 4} if name in ("igdm", "saad") else {})}
+    return defenses.build(name, teacher=teacher, **{**settings, **options})
+
+
+@pytest.fixture()
+def pair() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    return models.build("small_cnn", 10, 1, width=4), models.build("small_cnn", 10, 1, width=2)
+
+
+@pytest.fixture()
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(8, 1, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator)
+
+
+# --- loss terms by hand -------------------------------------------------------------------------------
+
+def test_kl_per_sample_direction_and_reductions():
+    target, student = torch.cat([QUARTER, HALF]), torch.cat([HALF, HALF])
+    assert kl_per_sample(target, student).tolist() == pytest.approx([KL_QUARTER_HALF, 0.0], abs=1e-6)
+    assert kl_per_sample(HALF, QUARTER).item() == pytest.approx(KL_HALF_QUARTER, abs=1e-6)
+
+
+def test_renyi_entropy_by_hand():
+    p = torch.tensor([[0.5, 0.25, 0.25]])
+    assert renyi_entropy(p.log()).item() == pytest.approx(1.5 * log(2), abs=1e-6)  # Shannon
+    assert renyi_entropy(p.log(), 2.0).item() == pytest.approx(-log(0.25 + 0.0625 + 0.0625), abs=1e-6)
+    assert renyi_entropy(p.log(), 0.5).item() == pytest.approx(2 * log(0.5 ** 0.5 + 2 * 0.25 ** 0.5), abs=1e-6)
+    uniform = torch.zeros(1, 4)
+    for order in (0.5, 1.0, 2.0, 5.0):
+        assert renyi_entropy(uniform, order).item() == pytest.approx(log(4), abs=1e-6)
+    with pytest.raises(ValueError, match="Rényi order"):
+        renyi_entropy(uniform, 0.0)
+
+
+def test_transferability_weights_and_their_normalisation_by_hand():
+    weights = transferability_weights(torch.tensor([0.5, 1.0, 2.0]))
+    assert weights.tolist() == pytest.approx([0.0, 2.5, 7.5])
+    assert normalised_weights(weights).tolist() == pytest.approx([0.0, 1 / 3, 1.0], abs=1e-6)
+    # one sample, or all equally uncertain: every weight is 0 (the clean term then takes over)
+    assert transferability_weights(torch.tensor([0.7, 0.7])).tolist() == [0.0, 0.0]
+    assert normalised_weights(torch.zeros(2)).tolist() == [0.0, 0.0]
+
+
+def test_linearised_teacher_target_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]])
+    labels = torch.tensor([2, 0])
+    gradient = torch.tensor([[1.0, -2.0, 0.0, 4.0], [1.0, 1.0, 1.0, 1.0]]).view(2, 1, 2, 2)
+    delta = torch.tensor([[0.1, 0.1, 0.3, -0.1], [0.01, 0.02, 0.03, 0.04]]).view(2, 1, 2, 2)
+    # <g, δ> = 0.1 − 0.2 + 0 − 0.4 = −0.5 and 0.1; λ = 2 doubles them, only the true logit moves
+    target = linearised_teacher_logits(logits, gradient, delta, labels, lam=2.0)
+    assert target.tolist()[0] == pytest.approx([1.0, 2.0, 2.0])
+    assert target.tolist()[1] == pytest.approx([0.7, 0.5, 0.5])
+    assert logits.tolist()[0] == [1.0, 2.0, 3.0], "the teacher's logits are not modified in place"
+
+
+def test_linearised_teacher_is_exact_for_a_linear_teacher_and_costs_one_pass(batch):
+    x, y = batch
+    torch.manual_seed(1)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10))
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    student = models.build("small_cnn", 10, 1, width=2)
+    trainer = _trainer("saad", teacher)
+    x_adv, teacher_clean = trainer.inner_maximisation(student, x, y, epoch=0)
+    assert len(calls) == 1, "one teacher forward (and backward) per batch, not one per step"
+    with torch.enable_grad():
+        x_grad = x.clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(teacher(x_grad).gather(1, y[:, None]).sum(), x_grad)
+    linearised = linearised_teacher_logits(teacher_clean, gradient, x_adv - x, y)
+    exact = teacher(x_adv).detach()
+    true_class = torch.arange(len(y)), y
+    assert torch.allclose(linearised[true_class], exact[true_class], atol=1e-4)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+def test_igdm_term_and_ramp_by_hand():
+    # T(x+δ) − T(x−δ) = (0, ln 3) and S(x+δ) − S(x−δ) = (0, 0)
+    value = igdm_term(QUARTER + 1.0, torch.ones(1, 2), HALF + 2.0, torch.full((1, 2), 2.0))
+    assert value.item() == pytest.approx(KL_QUARTER_HALF, abs=1e-6)
+    assert igdm_ramp(50, 200) == pytest.approx(0.25)
+    assert igdm_ramp(200, 200, 10.0) == pytest.approx(10.0)
+
+
+def test_ard_loss_by_hand():
+    teacher, student = torch.tensor([[0.0, 2 * log(3)]]), HALF
+    # τ = 1: softmax(0, 2 ln 3) = (1/10, 9/10)
+    assert ard_loss(student, teacher).item() == pytest.approx(0.1 * log(0.2) + 0.9 * log(1.8), abs=1e-6)
+    # τ = 2 divides the teacher's logits to (0, ln 3): τ² · KL((1/4, 3/4) ‖ (1/2, 1/2))
+    assert ard_loss(student, teacher, temperature=2.0).item() == pytest.approx(4 * KL_QUARTER_HALF, abs=1e-6)
+    ce = log(2)  # CE(S(x) = (1/2, 1/2), y)
+    mixed = ard_loss(student, teacher, temperature=2.0, ce_weight=0.25, student_clean=HALF, labels=torch.tensor([1]))
+    assert mixed.item() == pytest.approx(0.75 * 4 * KL_QUARTER_HALF + 0.25 * ce, abs=1e-6)
+    with pytest.raises(ValueError, match="student_clean"):
+        ard_loss(student, teacher, ce_weight=0.5)
+
+
+def test_ard_loss_without_temperature_by_hand():
+    # τ = 1, no CE term (the SAAD repository's ARD): KL(T(x) ‖ S(x'))
+    assert ard_loss(HALF, QUARTER).item() == pytest.approx(KL_QUARTER_HALF, abs=1e-6)
+
+
+def test_rslad_loss_by_hand():
+    # the student is exact on the clean image, off on x'
+    assert rslad_loss(HALF, QUARTER, QUARTER).item() == pytest.approx(5 / 6 * KL_QUARTER_HALF, abs=1e-6)
+    assert rslad_loss(QUARTER, HALF, QUARTER).item() == pytest.approx(1 / 6 * KL_QUARTER_HALF, abs=1e-6)
+
+
+def test_adaad_loss_by_hand():
+    assert adaad_loss(HALF, QUARTER).item() == pytest.approx(KL_QUARTER_HALF, abs=1e-6)
+    assert adaad_loss(QUARTER, HALF).item() == pytest.approx(KL_HALF_QUARTER, abs=1e-6)
+
+
+def test_saad_loss_by_hand():
+    # sample 1: uncertain teacher (entropy ln 2), student off; sample 2: confident teacher
+    teacher_plus = torch.cat([HALF, QUARTER])
+    student_plus = torch.cat([QUARTER, QUARTER])
+    entropy_2 = -(0.25 * log(0.25) + 0.75 * log(0.75))
+    w1 = 5 * (log(2) - entropy_2)
+    # x−δ mirrors x+δ exactly, so the IGDM differences are zero and that term vanishes
+    loss, weights = saad_loss(teacher_plus, teacher_plus, QUARTER.repeat(2, 1), student_plus, student_plus,
+                              torch.cat([HALF, HALF]), igdm_weight=1.0)
+    assert weights.tolist() == pytest.approx([w1, 0.0], abs=1e-6)
+    assert loss.item() == pytest.approx(w1 * KL_HALF_QUARTER / 2, abs=1e-6)
+    # β = 1: the clean term weighs (1 − ŵ) = (0, 1), i.e. only the non-transferable sample
+    loss_beta, _ = saad_loss(teacher_plus, teacher_plus, QUARTER.repeat(2, 1), student_plus, student_plus,
+                             torch.cat([HALF, HALF]), igdm_weight=1.0, clean_weight=1.0)
+    assert loss_beta.item() == pytest.approx((w1 * KL_HALF_QUARTER + KL_QUARTER_HALF) / 2, abs=1e-6)
+    # the IGDM term enters weighted by w_i and the ramp
+    loss_igdm, _ = saad_loss(teacher_plus, teacher_plus - QUARTER, QUARTER.repeat(2, 1), student_plus,
+                             student_plus, torch.cat([HALF, HALF]), igdm_weight=0.5)
+    assert loss_igdm.item() == pytest.approx(w1 * (KL_HALF_QUARTER + 0.5 * KL_QUARTER_HALF) / 2, abs=1e-6)
+
+
+class FirstPixelClassifier(nn.Module):
+    """Predicts class round(10 · x[0, 0, 0]): inputs chosen by hand give known predictions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.one_hot((x[:, 0, 0, 0] * 10).round().long(), 10).float() + self.anchor
+
+
+def test_transfer_rate_by_hand():
+    y = torch.zeros(4, dtype=torch.long)
+    x_adv = torch.zeros(4, 1, 2, 2)
+    x_adv[:, 0, 0, 0] = torch.tensor([0.0, 0.1, 0.2, 0.3])  # the student predicts 0, 1, 2, 3
+    x_adv[:, 0, 1, 1] = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    student = FirstPixelClassifier()
+
+    class Teacher(FirstPixelClassifier):
+        def forward(self, x):  # predicts 1 where the marker pixel is set, else 0
+            return F.one_hot(x[:, 0, 1, 1].round().long(), 10).float() + self.anchor
+
+    # the student is fooled on samples 1-3; of those the teacher is fooled only on sample 1
+    assert transfer_rate(student, Teacher(), x_adv, y) == pytest.approx(1 / 3)
+    assert isnan(transfer_rate(Teacher(), student, x_adv[2:], y[2:])), "nothing fooled the first model"
+
+
+# --- trainers -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_teacher_gets_no_gradients_and_student_does(pair, batch, name):
+    teacher, student = pair
+    trainer = _trainer(name, teacher)
+    student.train()
+    loss, logits = trainer(student, *batch, epoch=1)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.shape == (8, 10)
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters())
+    assert not teacher.training, "the teacher stays in eval mode (its BatchNorm statistics are fixed)"
+    assert student.training, "the inner maximisation restores the student's training mode"
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainers_are_reproducible_per_epoch(pair, batch, name):
+    teacher, student = pair
+    # fresh copies: a call in training mode moves the student's BatchNorm running statistics
+    losses = [_trainer(name, teacher, seed=3)(copy.deepcopy(student), *batch, epoch=2)[0].item() for _ in range(2)]
+    assert losses[0] == losses[1]
+
+
+def test_adaptive_inner_maximisation_stays_in_the_ball_and_raises_the_disagreement(pair, batch):
+    teacher, student = pair
+    x, _ = batch
+    trainer = _trainer("adaad", teacher)
+    x_adv = trainer.ascend_adaptive(student.eval(), x, epoch=0)
+    assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        before = kl_per_sample(teacher(x), student(x)).sum()
+        after = kl_per_sample(teacher(x_adv), student(x_adv)).sum()
+    assert after > before
+
+
+def test_trainers_reject_bad_settings(pair):
+    teacher, student = pair
+    with pytest.raises(ValueError, match="Rényi order"):
+        _trainer("saad", teacher, renyi_order=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        _trainer("ard", teacher, eps=-0.1)
+    with pytest.raises(TypeError, match="epochs"):
+        defenses.build("igdm", teacher=teacher)
+
+
+def test_saad_weight_statistics_count_what_transfers(pair, batch):
+    teacher, student = pair
+    trainer = _trainer("saad", teacher)
+    trainer(student, *batch, epoch=0)
+    stats = trainer.pop_weight_statistics()
+    assert set(stats) == {"train_transfer", "weight_transferable", "weight_not_transferable"}
+    assert isnan(stats["train_transfer"]) or 0 <= stats["train_transfer"] <= 1
+    assert stats["weight_transferable"] >= 0 or isnan(stats["weight_transferable"])
+    assert all(isnan(v) for v in trainer.pop_weight_statistics().values()), "popping resets the counts"
+
+
+class RecordEpochEnds(Callback):
+    def __init__(self, steps_per_epoch: int) -> None:
+        self.steps_per_epoch, self.steps, self.ends = steps_per_epoch, 0, []
+
+    def after_step(self, model, epoch):
+        self.steps += 1
+        if self.steps % self.steps_per_epoch == 0:
+            self.ends.append(model[1].weight.detach().clone())
+
+
+def test_per_epoch_swa_averages_the_end_of_epoch_weights():
+    """SAAD's SWA: one snapshot at the end of each epoch whose end is at or after 47.5 % of training."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8, generator=generator)
+    loader = data.TensorLoader(data.ImageSet(images, torch.arange(64) % 10, data.info("fashion-mnist")), 16,
+                               shuffle=True, drop_last=True, seed=0)
+    recorder = RecordEpochEnds(len(loader))
+    fit(model, loader, epochs=6, optimizer={"name": "sgd", "lr": 0.05}, schedule={"points": [[0.0, 1.0]]},
+        callbacks=[recorder], averaging={"kind": "swa", "start": 0.475, "every": "epoch"})
+    expected = torch.stack(recorder.ends[2:]).mean(0)  # epochs 3-6 of 6 end at or after 47.5 %
+    assert torch.allclose(model[1].weight, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="every"):
+        fit(model, loader, epochs=1, optimizer={"name": "sgd"}, schedule={"points": [[0.0, 1.0]]},
+            averaging={"kind": "swa", "every": "batch"})
+
+
+# --- the paper profile --------------------------------------------------------------------------------
+
+def test_paper_profile_has_the_seeds_hyperparameters():
+    spec = config.PROFILES["paper"]["distillation"]
+    assert spec["train_attack"] == {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10}
+    assert spec["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4}
+    assert spec["epochs"] == 200 and spec["batch_size"] == 128 and spec["student"]["arch"] == "resnet18"
+    assert spec["saad"] == {"lam": 1.0, "renyi_order": 1.0, "igdm_weight": 1.0, "clean_weight": 0.0}
+    assert spec["averaging"]["every"] == "epoch" and round(spec["averaging"]["start"] * 200) == 95
+    from advlib.training import lr_multiplier, training_progress
+    lr = {epoch: lr_multiplier(training_progress(epoch - 1, 0, 391, 200), spec["schedule"])
+          for epoch in (1, 100, 101, 150, 151, 200)}
+    assert lr == {1: 1.0, 100: 1.0, 101: 0.1, 150: 0.1, 151: 0.01, 200: 0.01}
+    teacher = config.PROFILES["paper"]["adversarial_training"]["target"]["arch"]
+    assert teacher == "wrn34_10" and spec["teacher"] == "trades"
+
+
+def test_a_few_saad_steps_at_paper_size():
+    """ResNet-18 student, WRN-34-10 teacher, a CIFAR-shaped batch of 2 and the paper's 10 inner
+    steps: two optimiser steps on the CPU."""
+    torch.manual_seed(0)
+    spec = config.PROFILES["paper"]["distillation"]
+    teacher = models.build("wrn34_10", 10, 3)
+    student = models.build(spec["student"]["arch"], 10, 3).train()
+    trainer = defenses.build("saad", teacher=teacher, **spec["train_attack"], epochs=spec["epochs"], **spec["saad"])
+    optimizer = torch.optim.SGD(student.parameters(), **{k: v for k, v in spec["optimizer"].items() if k != "name"})
+    x, y = torch.rand(2, 3, 32, 32), torch.tensor([3, 8])
+    teacher_before = [p.clone() for p in teacher.parameters()]
+    student_before = next(student.parameters()).detach().clone()
+    for epoch in range(2):
+        loss, logits = trainer(student, x, y, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss) and logits.shape == (2, 10)
+    assert not torch.equal(student_before, next(student.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
+
+
+def test_mobilenet_student_takes_a_saad_step():
+    torch.manual_seed(0)
+    teacher, student = models.build("resnet18", 10, 3), models.build("mobilenetv2", 10, 3).train()
+    trainer = defenses.build("saad", teacher=teacher, eps=8 / 255, alpha=2 / 255, steps=1, epochs=200)
+    loss, _ = trainer(student, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+# --- recipes --------------------------------------------------------------------------------------------
+
+def test_distillation_config_names_the_teacher_and_rejects_unknown_methods():
+    run = config.setup("quick", device="cpu", quiet=True)
+    saad = recipes.distillation_config(run, "saad")
+    assert saad["teacher"] == recipes.adversarial_training_config(run, "trades")
+    assert saad["averaging"]["kind"] == "swa" and recipes.distillation_config(run, "ard")["averaging"] is None
+    assert "teacher" not in recipes.distillation_config(run, "standard")
+    assert {recipes.distillation_config(run, m)["trainer_options"]["eps"] for m in ("ard", "rslad", "saad")} == {0.1}
+    with pytest.raises(ValueError, match="unknown distillation method 'kd'"):
+        recipes.distillation_config(run, "kd")
+    run100 = config.setup("paper", dataset="cifar100", device="cpu", quiet=True)
+    assert recipes.distillation_config(run100, "igdm")["trainer_options"]["igdm_weight"] == 10.0
+
+
+def test_robustbench_teacher_without_the_package_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "robustbench", None)
+    monkeypatch.setitem(sys.modules, "robustbench.utils", None)
+    with pytest.raises(ImportError, match="pip install .*robustbench"):
+        recipes.robustbench_model("Gowal2021Improving_28_10_ddpm_100m", "cifar10")
+
+
+def test_distillation_results_are_written_as_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
+    run = config.setup("quick", device="cpu", quiet=True)
+    row = {"method": "SAAD", "source": "this run", **{column: 0.5 for column in recipes.DISTILLATION_COLUMNS}}
+    path = recipes.save_distillation(run, [row])
+    assert path.name == "distillation.json" and path.parent.name == "quick-fashion-mnist"
+    assert json.loads(path.read_text())["results"] == [row]
