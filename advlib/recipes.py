@@ -363,6 +363,20 @@ def distillation_config(run: Run, method: str) -> dict[str, Any]:
     return config
 
 
+def distillation_trainer(run: Run, method: str, teacher: nn.Module) -> Any:
+    """The trainer of ``method`` with the profile's options, distilling from ``teacher``."""
+    config = distillation_config(run, method)
+    if method == "standard":
+        return defenses.build("standard")
+    return defenses.build(method, teacher=teacher, **config["trainer_options"], seed=run.seed)
+
+
+def untrained_student(run: Run) -> nn.Module:
+    """A freshly initialised student network of the profile, on the run's device."""
+    spec = run.config["distillation"]
+    return prepare_model(_network(run, spec["student"], spec["normalize"]), run.device)
+
+
 def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The student of ``method`` in eval mode (SAAD's is the SWA average), with its per-epoch history:
     training loss/accuracy, held-out clean and PGD-10 accuracy and ``val_transfer``, the fraction of
@@ -370,14 +384,11 @@ def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, 
     SAAD also :meth:`~advlib.defenses.distillation.SAAD.pop_weight_statistics`."""
     config = distillation_config(run, method)
     spec = run.config["distillation"]
-    model = prepare_model(_network(run, config["student"], config["normalize"]), run.device)
+    model = untrained_student(run)
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         teacher = distillation_teacher(run)
-        if method == "standard":
-            trainer = defenses.build("standard")
-        else:
-            trainer = defenses.build(method, teacher=teacher, **config["trainer_options"], seed=run.seed)
+        trainer = distillation_trainer(run, method, teacher)
         loader, x_val, y_val = _training_data(run, config)
         val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
 

@@ -352,3 +352,17 @@ def test_distillation_results_are_written_as_json(tmp_path, monkeypatch):
     path = recipes.save_distillation(run, [row])
     assert path.name == "distillation.json" and path.parent.name == "quick-fashion-mnist"
     assert json.loads(path.read_text())["results"] == [row]
+
+
+def test_sample_weights_match_the_trainers_pieces(pair, batch):
+    teacher, student = pair
+    x, y = batch
+    trainer = _trainer("saad", teacher)
+    look = trainer.sample_weights(student.eval(), x, y)
+    with torch.no_grad():
+        teacher_plus = teacher(look["x_adv"])
+    assert torch.allclose(look["entropy"], renyi_entropy(teacher_plus), atol=1e-6)
+    assert torch.allclose(look["weight"], transferability_weights(renyi_entropy(teacher_plus)), atol=1e-5)
+    assert look["weight"].min() == 0 and 0 <= look["normalised_weight"].min() <= look["normalised_weight"].max() <= 1
+    assert torch.equal(look["fools_teacher"], teacher_plus.argmax(1) != y)
+    assert all(p.grad is None for p in student.parameters())

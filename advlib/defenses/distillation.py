@@ -72,7 +72,7 @@ def linearised_teacher_logits(teacher_logits: torch.Tensor, gradient_true_logit:
 
 def igdm_term(teacher_plus: torch.Tensor, teacher_minus: torch.Tensor, student_plus: torch.Tensor,
               student_minus: torch.Tensor) -> torch.Tensor:
-    """IGDM's indirect gradient matching (Lee et al. 2024) per sample:
+    """IGDM's indirect gradient matching (Lee, Cho & Kim, ICLR 2025) per sample:
     KL(softmax(T(x+δ) − T(x−δ)) ‖ softmax(S(x+δ) − S(x−δ))). The logit differences are finite
     differences along δ, so matching them matches the two models' input gradients without second
     derivatives."""
@@ -228,7 +228,7 @@ class AdaAD(AdversarialDistillation):
 
 @DEFENSES.register("igdm")
 class IGDM(AdversarialDistillation):
-    """IGDM (Lee et al., 2024) on AdaAD: AdaAD's x' and loss plus :func:`igdm_term` weighted by
+    """IGDM (Lee, Cho & Kim, ICLR 2025) on AdaAD: AdaAD's x' and loss plus :func:`igdm_term` weighted by
     :func:`igdm_ramp` (``epochs`` is the length of training, for the ramp). x − δ is not clipped to
     [0, 1]: it is the mirror point of a finite difference, not an input anyone is shown."""
 
@@ -271,20 +271,44 @@ class SAAD(AdversarialDistillation):
         self.igdm_weight, self.clean_weight, self.weight_scale = igdm_weight, clean_weight, weight_scale
         self._statistics, self._seen = torch.zeros(5), 0
 
-    def inner_maximisation(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x' and the teacher's clean logits T(x), from one teacher forward and backward pass."""
+    def teacher_linearisation(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """T(x) and ∇ₓ T(x)_y from one teacher forward and backward pass (no parameter gradients)."""
         with torch.enable_grad():
             x_grad = x.detach().requires_grad_(True)
             teacher_clean = self.teacher(x_grad).float()
             (gradient,) = torch.autograd.grad(teacher_clean.gather(1, y[:, None]).sum(), x_grad)
-        teacher_clean = teacher_clean.detach()
+        return teacher_clean.detach(), gradient
+
+    def inner_maximisation(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x' and the teacher's clean logits T(x), from one teacher forward and backward pass."""
+        teacher_clean, gradient = self.teacher_linearisation(x, y)
 
         def objective(x_adv: torch.Tensor) -> torch.Tensor:
             target = linearised_teacher_logits(teacher_clean, gradient, x_adv - x, y, self.lam)
             return kl_per_sample(target, student(x_adv)).sum()
 
         return self.ascend(student, x, objective, epoch), teacher_clean
+
+    @torch.no_grad()
+    def sample_weights(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int = 0
+                       ) -> dict[str, torch.Tensor]:
+        """A look inside one batch, without training: SAAD's x' for ``student``, and per sample the
+        teacher's entropy on x', the weight w and ŵ, whether x' fools the student and the teacher,
+        and the teacher's true-class logit at x' exactly and as linearised by the inner step."""
+        from ..evaluation import predict
+
+        x_adv, _ = self.inner_maximisation(student, x, y, epoch)
+        teacher_clean, gradient = self.teacher_linearisation(x, y)
+        teacher_plus = predict(self.teacher, x_adv)
+        weights = transferability_weights(renyi_entropy(teacher_plus, self.renyi_order), self.weight_scale)
+        true_class = torch.arange(len(y), device=y.device), y
+        linearised = linearised_teacher_logits(teacher_clean, gradient, x_adv - x, y, self.lam)
+        return {"x_adv": x_adv, "entropy": renyi_entropy(teacher_plus, self.renyi_order), "weight": weights,
+                "normalised_weight": normalised_weights(weights),
+                "fools_student": predict(student, x_adv).argmax(1) != y, "fools_teacher": teacher_plus.argmax(1) != y,
+                "teacher_true_logit": teacher_plus[true_class], "linearised_true_logit": linearised[true_class],
+                "teacher_clean_true_logit": teacher_clean[true_class]}
 
     def __call__(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
