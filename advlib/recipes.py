@@ -303,10 +303,6 @@ DISTILLATION_LABELS = {"teacher": "Teacher", "standard": "Standard student (no t
 _DISTILLATION_TRAINING_KEYS = ("student", "normalize", "train_subset", "holdout", "batch_size", "epochs",
                                "augment", "optimizer", "schedule")
 
-# IGDM's α is 10 on CIFAR-100 (and Tiny-ImageNet) in the authors' scripts, 1 elsewhere.
-IGDM_WEIGHT_BY_DATASET = {"cifar100": 10.0}
-
-
 def distillation_teacher_config(run: Run) -> dict[str, Any]:
     """What determines the teacher: chapter 6's method ``teacher`` under this profile, or the
     RobustBench model named by ``robustbench_teacher``."""
@@ -356,7 +352,7 @@ def distillation_config(run: Run, method: str) -> dict[str, Any]:
         options = {**spec["train_attack"], **spec[method]}
         if method in ("igdm", "saad"):
             options["epochs"] = spec["epochs"]
-            options["igdm_weight"] = IGDM_WEIGHT_BY_DATASET.get(run.dataset, options["igdm_weight"])
+            options["igdm_weight"] = spec["igdm_weight_by_dataset"].get(run.dataset, options["igdm_weight"])
         config["teacher"] = distillation_teacher_config(run)
         config["trainer_options"] = options
     config["averaging"] = spec["averaging"] if method == "saad" or spec["average_baselines"] else None

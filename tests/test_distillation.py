@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlib import config, data, defenses, models, recipes
+from advlib.defenses import distillation
 from advlib.defenses.distillation import (
     SAAD, adaad_loss, ard_loss, igdm_ramp, igdm_term, kl_per_sample, linearised_teacher_logits,
     normalised_weights, renyi_entropy, rslad_loss, saad_loss, transfer_rate, transferability_weights)
@@ -46,7 +47,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 # --- loss terms by hand -------------------------------------------------------------------------------
 
-def test_kl_per_sample_direction_and_reductions():
+def test_kl_per_sample_by_hand_and_its_direction():
     target, student = torch.cat([QUARTER, HALF]), torch.cat([HALF, HALF])
     assert kl_per_sample(target, student).tolist() == pytest.approx([KL_QUARTER_HALF, 0.0], abs=1e-6)
     assert kl_per_sample(HALF, QUARTER).item() == pytest.approx(KL_HALF_QUARTER, abs=1e-6)
@@ -103,6 +104,37 @@ def test_linearised_teacher_is_exact_for_a_linear_teacher_and_costs_one_pass(bat
     true_class = torch.arange(len(y)), y
     assert torch.allclose(linearised[true_class], exact[true_class], atol=1e-4)
     assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+
+
+class ConstantStudent(nn.Module):
+    """Logits that do not depend on the input: any push on x' must come from the teacher's side."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), 10)
+
+
+def test_saad_inner_step_ascends_through_the_linearised_target(batch):
+    """With a student blind to its input, only the δ-dependence of z̃ moves x': a detached target
+    would leave x' at its 0.001·N(0, I) start."""
+    x, y = batch
+    torch.manual_seed(1)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10))
+    x_adv, _ = _trainer("saad", teacher).inner_maximisation(ConstantStudent(), x, y, epoch=0)
+    assert (x_adv - x).abs().max() > 0.05
+
+
+def test_trainers_ramp_igdm_with_the_epoch_counted_from_one(pair, batch, monkeypatch):
+    teacher, student = pair
+    calls = []
+    real_ramp = distillation.igdm_ramp
+    monkeypatch.setattr(distillation, "igdm_ramp", lambda *args: calls.append(args) or real_ramp(*args))
+    for name in ("igdm", "saad"):
+        _trainer(name, teacher, igdm_weight=2.0)(student, *batch, epoch=0)
+    assert calls == [(1, 4, 2.0), (1, 4, 2.0)]
 
 
 def test_igdm_term_and_ramp_by_hand():
@@ -241,9 +273,9 @@ def test_saad_weight_statistics_count_what_transfers(pair, batch):
     trainer = _trainer("saad", teacher)
     trainer(student, *batch, epoch=0)
     stats = trainer.pop_weight_statistics()
-    assert set(stats) == {"train_transfer", "weight_transferable", "weight_not_transferable"}
+    assert set(stats) == {"train_transfer", "weight_fooling_teacher", "weight_teacher_correct"}
     assert isnan(stats["train_transfer"]) or 0 <= stats["train_transfer"] <= 1
-    assert stats["weight_transferable"] >= 0 or isnan(stats["weight_transferable"])
+    assert stats["weight_fooling_teacher"] >= 0 or isnan(stats["weight_fooling_teacher"])
     assert all(isnan(v) for v in trainer.pop_weight_statistics().values()), "popping resets the counts"
 
 
@@ -273,6 +305,27 @@ def test_per_epoch_swa_averages_the_end_of_epoch_weights():
     with pytest.raises(ValueError, match="every"):
         fit(model, loader, epochs=1, optimizer={"name": "sgd"}, schedule={"points": [[0.0, 1.0]]},
             averaging={"kind": "swa", "every": "batch"})
+
+
+def test_resumed_run_with_per_epoch_swa_and_batchnorm_ends_with_identical_weights(tmp_path):
+    def train(checkpoint, stop_after=None):
+        torch.manual_seed(0)
+        teacher, student = models.build("small_cnn", 10, 1, width=4), models.build("small_cnn", 10, 1, width=2)
+        images = torch.randint(0, 256, (64, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        loader = data.TensorLoader(data.ImageSet(images, torch.arange(64) % 10, data.info("fashion-mnist")), 16,
+                                   shuffle=True, drop_last=True, seed=0)
+        fit(student, loader, epochs=4, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            schedule={"points": [[0.0, 1.0], [0.5, 0.1]]}, loss_fn=_trainer("saad", teacher, seed=1),
+            checkpoint=checkpoint, stop_after=stop_after, averaging={"kind": "swa", "start": 0.475, "every": "epoch"})
+        return student.state_dict()
+
+    reference = train(None)
+    checkpoint = tmp_path / "saad.partial.pt"
+    train(checkpoint, stop_after=3)
+    resumed = train(checkpoint)
+    assert reference.keys() == resumed.keys()
+    for key in reference:
+        assert torch.equal(reference[key], resumed[key]), key
 
 
 # --- the paper profile --------------------------------------------------------------------------------

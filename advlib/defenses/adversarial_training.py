@@ -62,6 +62,11 @@ def gaussian_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> t
     return project_linf(x + GAUSSIAN_START_STD * noise, x, eps).detach()
 
 
+# Keeps the attacks' random starts off the stream that TensorLoader seeds from (seed, epoch) for
+# shuffling and augmentation.
+ATTACK_STREAM = 500_009
+
+
 class EpochSeeded:
     """A private generator reseeded at the start of every epoch from ``(seed, epoch)``: a run resumed
     after epoch k draws the same random starts as an uninterrupted one."""
@@ -71,7 +76,7 @@ class EpochSeeded:
 
     def generator(self, device: torch.device, epoch: int) -> torch.Generator:
         if self._epoch != epoch or self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch)
+            self._generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch + ATTACK_STREAM)
             self._epoch = epoch
         return self._generator
 

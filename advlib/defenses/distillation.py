@@ -73,9 +73,10 @@ def linearised_teacher_logits(teacher_logits: torch.Tensor, gradient_true_logit:
 def igdm_term(teacher_plus: torch.Tensor, teacher_minus: torch.Tensor, student_plus: torch.Tensor,
               student_minus: torch.Tensor) -> torch.Tensor:
     """IGDM's indirect gradient matching (Lee, Cho & Kim, ICLR 2025) per sample:
-    KL(softmax(T(x+δ) − T(x−δ)) ‖ softmax(S(x+δ) − S(x−δ))). The logit differences are finite
-    differences along δ, so matching them matches the two models' input gradients without second
-    derivatives."""
+    KL(softmax(T(x+δ) − T(x−δ)) ‖ softmax(S(x+δ) − S(x−δ))). The logit differences are central
+    differences along δ, so matching them (up to a per-sample shift, which softmax ignores) matches
+    how the two models' logits change in the direction δ — their input gradients projected on δ —
+    without second derivatives."""
     return kl_per_sample(teacher_plus - teacher_minus, student_plus - student_minus)
 
 
@@ -269,7 +270,8 @@ class SAAD(AdversarialDistillation):
         renyi_entropy(torch.zeros(1, 2), renyi_order)  # rejects a bad order now, not mid-training
         self.epochs, self.lam, self.renyi_order = epochs, lam, renyi_order
         self.igdm_weight, self.clean_weight, self.weight_scale = igdm_weight, clean_weight, weight_scale
-        self._statistics, self._seen = torch.zeros(5), 0
+        self._statistics: torch.Tensor | None = None
+        self._seen = 0
 
     def teacher_linearisation(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """T(x) and ∇ₓ T(x)_y from one teacher forward and backward pass (no parameter gradients)."""
@@ -328,21 +330,23 @@ class SAAD(AdversarialDistillation):
     def _count(self, student_plus: torch.Tensor, teacher_plus: torch.Tensor, y: torch.Tensor,
                weights: torch.Tensor) -> None:
         fools_student, fools_teacher = student_plus.argmax(1) != y, teacher_plus.argmax(1) != y
-        self._statistics += torch.stack([
-            fools_student.sum(), (fools_student & fools_teacher).sum(), fools_teacher.sum(),
-            weights[fools_teacher].sum(), weights[~fools_teacher].sum()]).float().cpu()
+        counts = torch.stack([fools_student.sum(), (fools_student & fools_teacher).sum(), fools_teacher.sum(),
+                              weights[fools_teacher].sum(), weights[~fools_teacher].sum()]).float()
+        # summed on the device and read once per epoch: no host synchronisation per step
+        self._statistics = counts if self._statistics is None else self._statistics + counts
         self._seen += len(y)
 
     def pop_weight_statistics(self) -> dict[str, float]:
         """Since the last call: ``train_transfer`` (of the training x' that fool the student, the
-        fraction that fool the teacher) and the mean weight of the x' that fool the teacher
-        (``weight_transferable``) and of those that do not (``weight_not_transferable``); then reset."""
-        fool_student, fool_both, fool_teacher, weight_fooled, weight_not = self._statistics.tolist()
-        seen = self._seen
-        nan = float("nan")
+        fraction that fool the teacher) and the mean weight w of the x' that fool the teacher
+        (``weight_fooling_teacher``) and of those the teacher still classifies correctly
+        (``weight_teacher_correct``), whether or not they fool the student; then reset."""
+        totals = self._statistics.tolist() if self._statistics is not None else [0.0] * 5
+        fool_student, fool_both, fool_teacher, weight_fooled, weight_correct = totals
+        seen, nan = self._seen, float("nan")
         record = {"train_transfer": fool_both / fool_student if fool_student else nan,
-                  "weight_transferable": weight_fooled / fool_teacher if fool_teacher else nan,
-                  "weight_not_transferable": weight_not / (seen - fool_teacher) if seen > fool_teacher else nan}
-        self._statistics, self._seen = torch.zeros(5), 0
+                  "weight_fooling_teacher": weight_fooled / fool_teacher if fool_teacher else nan,
+                  "weight_teacher_correct": weight_correct / (seen - fool_teacher) if seen > fool_teacher else nan}
+        self._statistics, self._seen = None, 0
         return record
 
