@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from advlib import cache, data, models
-from advlib.evaluation import accuracy
 from advlib.training import fit
 
 SMALL_MODEL_CONFIG = {

@@ -14,7 +14,6 @@ purifier maps images in [0, 1] to images in [0, 1].
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import MODELS
