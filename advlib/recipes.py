@@ -236,11 +236,15 @@ AT_COLUMNS = ("clean", "PGD-10", "PGD-20", "PGD-50", "CW", "AA")
 
 
 def _robustness_row(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    named_attacks: dict[str, Any], eps: float, autoattack_subset: int | None) -> dict[str, float]:
+                    named_attacks: dict[str, Any], eps: float, autoattack_subset: int | None,
+                    transfer_to: nn.Module | None = None) -> dict[str, float]:
     """Accuracy clean and under each of ``named_attacks`` on its own, and under AutoAttack (standard)
     on the first ``autoattack_subset`` images together with PGD-20 on those same images (the check
-    AA ≤ PGD-20); ``named_attacks`` must hold ``"PGD-20"``."""
-    report = attacks.evaluate.robust_accuracy(model, x, y, named_attacks, cascade=False)
+    AA ≤ PGD-20); ``named_attacks`` must hold ``"PGD-20"``. With ``transfer_to``, also the
+    ``"transfer"`` of the PGD-20 examples to that model
+    (:func:`~advlib.defenses.distillation.transfer_rate`)."""
+    keep = ("PGD-20",) if transfer_to is not None else ()
+    report = attacks.evaluate.robust_accuracy(model, x, y, named_attacks, cascade=False, keep_adversarial=keep)
     n_aa = min(autoattack_subset or len(x), len(x))
     aa = attacks.build("autoattack", eps=eps, version="standard", seed=run.seed)
     aa_report = attacks.evaluate.robust_accuracy(model, x[:n_aa], y[:n_aa],
@@ -248,6 +252,10 @@ def _robustness_row(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     row = {**report.accuracies, "AA": aa_report.accuracies["AA"],
            "PGD-20 (AA images)": aa_report.accuracies["PGD-20"], "images": len(x), "aa_images": n_aa}
     row.pop("worst case", None)
+    if transfer_to is not None:
+        attacked = report.clean
+        row["transfer"] = defenses.distillation.transfer_rate(model, transfer_to, report.adversarial["PGD-20"][attacked],
+                                                              y.cpu()[attacked])
     return row
 
 
@@ -375,8 +383,9 @@ def untrained_student(run: Run) -> nn.Module:
 
 def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The student of ``method`` in eval mode (SAAD's is the SWA average), with its per-epoch history:
-    training loss/accuracy, held-out clean and PGD-10 accuracy and ``val_transfer``, the fraction of
-    the student's held-out PGD-10 examples that fool the student and also fool the teacher; for
+    training loss/accuracy, held-out clean and PGD-10 accuracy and ``val_transfer``, the
+    :func:`~advlib.defenses.distillation.transfer_rate` of the student's held-out PGD-10 examples
+    (crafted on the images it classifies correctly) to the teacher; for
     SAAD also :meth:`~advlib.defenses.distillation.SAAD.pop_weight_statistics`."""
     config = distillation_config(run, method)
     spec = run.config["distillation"]
@@ -389,9 +398,11 @@ def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, 
         val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
 
         def evaluate(student: nn.Module) -> dict[str, float]:
+            correct = predict(student, x_val).argmax(1) == y_val
             x_adv = val_attack(student, x_val, y_val)
-            record = {"val_clean": accuracy(student, x_val, y_val), "val_pgd10": accuracy(student, x_adv, y_val),
-                      "val_transfer": defenses.distillation.transfer_rate(student, teacher, x_adv, y_val)}
+            record = {"val_clean": correct.float().mean().item(), "val_pgd10": accuracy(student, x_adv, y_val),
+                      "val_transfer": defenses.distillation.transfer_rate(student, teacher, x_adv[correct],
+                                                                          y_val[correct])}
             if isinstance(trainer, defenses.distillation.SAAD) and student is model:
                 record.update(trainer.pop_weight_statistics())
             return record
@@ -411,8 +422,8 @@ def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
     """One row of the SAAD comparison for ``"teacher"`` or a student of :data:`DISTILLATION_METHODS`:
     accuracy (in [0, 1]) clean and under FGSM, PGD-20 and CW-∞ (each on its own, on the profile's
     ``eval_subset`` test images), AutoAttack (standard) on the first ``autoattack_subset`` with
-    PGD-20 on the same images, and for students ``transfer``: the fraction of the student's PGD-20
-    examples that fool the student and also fool the teacher. Cached like a trained model."""
+    PGD-20 on the same images, and for students ``transfer``: the transfer rate to the teacher of the
+    student's PGD-20 examples of the images it classifies correctly. Cached like a trained model."""
     spec = run.config["distillation"]
     evaluation = spec["evaluation"]
     model_config = distillation_teacher_config(run) if method == "teacher" else distillation_config(run, method)
@@ -424,15 +435,11 @@ def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
         model = teacher if method == "teacher" else distilled_student(run, method)[0]
         x, y = test_set(run, evaluation["eval_subset"])
         eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
-        pgd20 = attacks.build("pgd", eps=eps, alpha=alpha, steps=20, seed=run.seed)
-        named = {"FGSM": attacks.build("fgsm", eps=eps), "PGD-20": pgd20,
+        named = {"FGSM": attacks.build("fgsm", eps=eps),
+                 "PGD-20": attacks.build("pgd", eps=eps, alpha=alpha, steps=20, seed=run.seed),
                  "CW": attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"], seed=run.seed)}
-        row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"])
-        if method != "teacher":
-            generator = torch.Generator(device=run.device).manual_seed(run.seed)
-            x_adv = torch.cat([pgd20(model, x[i:i + 256], y[i:i + 256], generator=generator)
-                               for i in range(0, len(x), 256)])
-            row["transfer"] = defenses.distillation.transfer_rate(model, teacher, x_adv, y)
+        row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"],
+                              transfer_to=None if method == "teacher" else teacher)
         return {key: torch.tensor(float(value)) for key, value in row.items()}
 
     stored = cache.load_or_compute("distillation-evaluation", config, compute)

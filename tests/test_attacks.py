@@ -265,3 +265,15 @@ def test_cascade_runs_later_attacks_only_on_survivors(small_model, test_batch):
     separate = robust_accuracy(small_model, x, y, {"pgd": strong, "fgsm": weak}, cascade=False)
     assert separate.attacked["fgsm"] == int(separate.clean.sum())
     assert torch.equal(report.worst_case, separate.worst_case)
+
+
+def test_kept_adversarial_examples_are_the_attacks_output(small_model, test_batch):
+    x, y = test_batch[0][:64], test_batch[1][:64]
+    fgsm = attacks.build("fgsm", eps=8 / 255)
+    report = robust_accuracy(small_model, x, y, {"fgsm": fgsm}, keep_adversarial=("fgsm",))
+    kept, attacked = report.adversarial["fgsm"], report.clean
+    assert torch.equal(kept[~attacked], x[~attacked]), "examples misclassified clean are not attacked"
+    assert torch.allclose(kept[attacked], fgsm(small_model, x[attacked], y[attacked]))
+    assert report.per_attack["fgsm"].tolist() == (predict(small_model, kept).argmax(1) == y).tolist()
+    with pytest.raises(ValueError, match="keep_adversarial"):
+        robust_accuracy(small_model, x, y, {"fgsm": fgsm}, keep_adversarial=("pgd",))

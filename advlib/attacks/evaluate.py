@@ -31,6 +31,8 @@ class RobustnessReport:
       this attack and every earlier one" (the running accuracy AutoAttack prints); with
       ``cascade=False`` it is the attack's own robust accuracy.
     * ``worst_case``: robust to every attack (and correct clean).
+    * ``adversarial[name]``: for the attacks named in ``keep_adversarial``, the inputs after the
+      attack (the clean image where it did not run), on the CPU.
     """
 
     clean: torch.Tensor
@@ -39,6 +41,7 @@ class RobustnessReport:
     attacked: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     cascade: bool = True
+    adversarial: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def accuracies(self) -> dict[str, float]:
@@ -86,20 +89,24 @@ def _check_adversarial(name: str, attack: Attack, x: torch.Tensor, x_adv: torch.
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attacks: dict[str, Attack] | Sequence[tuple[str, Attack]], batch_size: int = 256,
-                    cascade: bool = True) -> RobustnessReport:
+                    cascade: bool = True, keep_adversarial: Sequence[str] = ()) -> RobustnessReport:
     """Attack ``model`` on ``(x, y)`` with each of ``attacks`` in order and report who survives.
 
     Examples misclassified clean are never attacked and never count as robust. With ``cascade``
     (the default, as in AutoAttack) each attack only runs on the examples every earlier attack
     failed on: the worst case is the same and the evaluation is cheaper, but the per-attack rows
     become cumulative. Each attack draws its randomness from one generator seeded by its ``seed``
-    and shared by its batches, so the report is reproducible.
+    and shared by its batches, so the report is reproducible. The adversarial examples of the
+    attacks named in ``keep_adversarial`` are kept in the report (e.g. to test them on another model).
     """
     check_inputs(x, y)
     named = list(attacks.items()) if isinstance(attacks, dict) else list(attacks)
     names = [name for name, _ in named]
     if len(set(names)) != len(names):
         raise ValueError(f"attack names must be unique, got {names}")
+    unknown = set(keep_adversarial) - set(names)
+    if unknown:
+        raise ValueError(f"keep_adversarial names attacks that are not run: {sorted(unknown)}; attacks: {names}")
     device = next(model.parameters()).device
     clean = (predict(model, x, batch_size).argmax(1) == y.to(device)).cpu()
     survivors = clean.clone()
@@ -108,17 +115,22 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         eligible = survivors if cascade else clean
         candidates, robust = eligible.nonzero().flatten(), eligible.clone()
         generator = torch.Generator(device=device).manual_seed(attack.seed)
+        kept = x.detach().cpu().clone() if name in keep_adversarial else None
         started = time.perf_counter()
         for batch in candidates.split(batch_size) if len(candidates) else ():
             x_batch, y_batch = x[batch].to(device), y[batch].to(device)
             x_adv = attack(model, x_batch, y_batch, generator=generator)
             _check_adversarial(name, attack, x_batch, x_adv)
             robust[batch] = (predict(model, x_adv, batch_size).argmax(1) == y_batch).cpu()
+            if kept is not None:
+                kept[batch] = x_adv.cpu()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         report.seconds[name] = time.perf_counter() - started
         report.attacked[name] = len(candidates)
         report.per_attack[name] = robust
+        if kept is not None:
+            report.adversarial[name] = kept
         survivors = survivors & robust
     report.worst_case = survivors
     return report

@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import attacks
 from ..attacks._checks import check_eps
+from ..evaluation import predict
 from ..attacks.base import model_mode
 from ..attacks.bim import sign_ascent
 from . import DEFENSES
@@ -38,11 +39,15 @@ def kl_per_sample(target_logits: torch.Tensor, input_logits: torch.Tensor) -> to
                     reduction="none", log_target=True).sum(1)
 
 
+def check_renyi_order(order: float) -> None:
+    if not order > 0:
+        raise ValueError(f"the Rényi order must be > 0, got {order}; 1 is Shannon's entropy")
+
+
 def renyi_entropy(logits: torch.Tensor, order: float = 1.0) -> torch.Tensor:
     """Rényi entropy of softmax(logits) per row: H_γ(p) = log(Σ_k p_k^γ) / (1 − γ); order 1 is its
     limit, Shannon's H(p) = −Σ_k p_k log p_k (SAAD's default, γ = 1)."""
-    if not order > 0:
-        raise ValueError(f"the Rényi order must be > 0, got {order}; 1 is Shannon's entropy")
+    check_renyi_order(order)
     log_p = F.log_softmax(logits.float(), dim=1)
     if order == 1:
         return -(log_p.exp() * log_p).sum(1)
@@ -135,9 +140,8 @@ def saad_loss(teacher_plus: torch.Tensor, teacher_minus: torch.Tensor, teacher_c
 
 def transfer_rate(student: nn.Module, teacher: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
     """Adversarial transferability as SAAD defines it: of the student-crafted x' that fool the student,
-    the fraction that also fool the teacher (nan when none fools the student)."""
-    from ..evaluation import predict
-
+    the fraction that also fool the teacher (nan when none fools the student). Pass only examples
+    crafted on images the student classifies correctly: the others fool it without any attack."""
     fools_student = predict(student, x_adv).argmax(1) != y.to(x_adv.device)
     fools_teacher = predict(teacher, x_adv).argmax(1) != y.to(x_adv.device)
     fooled = int(fools_student.sum())
@@ -166,6 +170,16 @@ class AdversarialDistillation(EpochSeeded):
         with model_mode(student, self.bn_mode):
             start = gaussian_start(x, self.eps, self.generator(x.device, epoch))
             return sign_ascent(objective, x, start, self.eps, self.alpha, self.steps)
+
+    def mirrored_outputs(self, student: nn.Module, x: torch.Tensor, x_adv: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """T(x+δ), T(x−δ) (no gradients), S(x+δ), S(x−δ) for δ = x' − x: the inputs of IGDM's term.
+        x − δ is not clipped to [0, 1]: it is the mirror point of a central difference, not an input
+        anyone is shown."""
+        x_minus = 2 * x - x_adv
+        with torch.no_grad():
+            teacher_plus, teacher_minus = self.teacher(x_adv), self.teacher(x_minus)
+        return teacher_plus, teacher_minus, student(x_adv), student(x_minus)
 
     def ascend_adaptive(self, student: nn.Module, x: torch.Tensor, epoch: int) -> torch.Tensor:
         """AdaAD's inner maximisation: argmax KL(T(x') ‖ S(x')), the teacher run at every step."""
@@ -230,8 +244,7 @@ class AdaAD(AdversarialDistillation):
 @DEFENSES.register("igdm")
 class IGDM(AdversarialDistillation):
     """IGDM (Lee, Cho & Kim, ICLR 2025) on AdaAD: AdaAD's x' and loss plus :func:`igdm_term` weighted by
-    :func:`igdm_ramp` (``epochs`` is the length of training, for the ramp). x − δ is not clipped to
-    [0, 1]: it is the mirror point of a finite difference, not an input anyone is shown."""
+    :func:`igdm_ramp` (``epochs`` is the length of training, for the ramp)."""
 
     def __init__(self, teacher: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, *,
                  epochs: int, igdm_weight: float = 1.0, bn_mode: str = "eval", seed: int = 0) -> None:
@@ -241,10 +254,7 @@ class IGDM(AdversarialDistillation):
     def __call__(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = self.ascend_adaptive(student, x, epoch)
-        delta = x_adv - x
-        with torch.no_grad():
-            teacher_plus, teacher_minus = self.teacher(x_adv), self.teacher(x - delta)
-        student_plus, student_minus = student(x_adv), student(x - delta)
+        teacher_plus, teacher_minus, student_plus, student_minus = self.mirrored_outputs(student, x, x_adv)
         ramp = igdm_ramp(epoch + 1, self.epochs, self.igdm_weight)
         loss = (adaad_loss(student_plus, teacher_plus)
                 + ramp * igdm_term(teacher_plus, teacher_minus, student_plus, student_minus).mean())
@@ -267,7 +277,7 @@ class SAAD(AdversarialDistillation):
                  clean_weight: float = 0.0, weight_scale: float = SAAD_WEIGHT_SCALE, bn_mode: str = "eval",
                  seed: int = 0) -> None:
         super().__init__(teacher, eps, alpha, steps, bn_mode, seed)
-        renyi_entropy(torch.zeros(1, 2), renyi_order)  # rejects a bad order now, not mid-training
+        check_renyi_order(renyi_order)
         self.epochs, self.lam, self.renyi_order = epochs, lam, renyi_order
         self.igdm_weight, self.clean_weight, self.weight_scale = igdm_weight, clean_weight, weight_scale
         self._statistics: torch.Tensor | None = None
@@ -282,15 +292,15 @@ class SAAD(AdversarialDistillation):
         return teacher_clean.detach(), gradient
 
     def inner_maximisation(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x' and the teacher's clean logits T(x), from one teacher forward and backward pass."""
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x', the teacher's clean logits T(x) and ∇ₓ T(x)_y, from one teacher forward and backward pass."""
         teacher_clean, gradient = self.teacher_linearisation(x, y)
 
         def objective(x_adv: torch.Tensor) -> torch.Tensor:
             target = linearised_teacher_logits(teacher_clean, gradient, x_adv - x, y, self.lam)
             return kl_per_sample(target, student(x_adv)).sum()
 
-        return self.ascend(student, x, objective, epoch), teacher_clean
+        return self.ascend(student, x, objective, epoch), teacher_clean, gradient
 
     @torch.no_grad()
     def sample_weights(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int = 0
@@ -298,15 +308,13 @@ class SAAD(AdversarialDistillation):
         """A look inside one batch, without training: SAAD's x' for ``student``, and per sample the
         teacher's entropy on x', the weight w and ŵ, whether x' fools the student and the teacher,
         and the teacher's true-class logit at x' exactly and as linearised by the inner step."""
-        from ..evaluation import predict
-
-        x_adv, _ = self.inner_maximisation(student, x, y, epoch)
-        teacher_clean, gradient = self.teacher_linearisation(x, y)
+        x_adv, teacher_clean, gradient = self.inner_maximisation(student, x, y, epoch)
         teacher_plus = predict(self.teacher, x_adv)
-        weights = transferability_weights(renyi_entropy(teacher_plus, self.renyi_order), self.weight_scale)
+        entropy = renyi_entropy(teacher_plus, self.renyi_order)
+        weights = transferability_weights(entropy, self.weight_scale)
         true_class = torch.arange(len(y), device=y.device), y
         linearised = linearised_teacher_logits(teacher_clean, gradient, x_adv - x, y, self.lam)
-        return {"x_adv": x_adv, "entropy": renyi_entropy(teacher_plus, self.renyi_order), "weight": weights,
+        return {"x_adv": x_adv, "entropy": entropy, "weight": weights,
                 "normalised_weight": normalised_weights(weights),
                 "fools_student": predict(student, x_adv).argmax(1) != y, "fools_teacher": teacher_plus.argmax(1) != y,
                 "teacher_true_logit": teacher_plus[true_class], "linearised_true_logit": linearised[true_class],
@@ -314,13 +322,11 @@ class SAAD(AdversarialDistillation):
 
     def __call__(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        x_adv, teacher_clean = self.inner_maximisation(student, x, y, epoch)
-        delta = x_adv - x
-        with torch.no_grad():
-            teacher_plus, teacher_minus = self.teacher(x_adv), self.teacher(x - delta)
+        x_adv, teacher_clean, _ = self.inner_maximisation(student, x, y, epoch)
+        teacher_plus, teacher_minus, student_plus, student_minus = self.mirrored_outputs(student, x, x_adv)
         # S(x) runs even when β = 0: as in the released code, the clean batch also updates the
         # student's BatchNorm statistics.
-        student_plus, student_minus, student_clean = student(x_adv), student(x - delta), student(x)
+        student_clean = student(x)
         loss, weights = saad_loss(teacher_plus, teacher_minus, teacher_clean, student_plus, student_minus,
                                   student_clean, igdm_ramp(epoch + 1, self.epochs, self.igdm_weight),
                                   self.clean_weight, self.renyi_order, self.weight_scale)
