@@ -29,12 +29,14 @@ def artifact_path(kind: str, config: dict[str, Any], root: Path | None = None) -
     return (root or paths.cache_dir()) / f"{kind}-{config_hash(config)}.pt"
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+def _atomic_write(path: Path, mode: str, write: Callable[[Any], None]) -> None:
+    """``write(file)`` into a temporary file next to ``path``, then rename it over ``path``: readers
+    see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(handle, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
@@ -43,22 +45,17 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
+def atomic_save(obj: Any, path: Path) -> None:
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
 def load(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def atomic_write_json(obj: Any, path: Path) -> None:
-    """Write JSON atomically (used for results tables)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
+    """Write JSON atomically (results tables, the configuration beside each artifact)."""
+    _atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n"))
 
 
 def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]],
@@ -98,6 +95,6 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
         print(f"training {kind}{resuming}; will be cached at {path}")
     history = train(model, checkpoint)
     atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)
-    path.with_suffix(".json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(config, path.with_suffix(".json"), sort_keys=True)
     checkpoint.unlink(missing_ok=True)
     return model, history

@@ -78,8 +78,7 @@ class ImageSet:
         """``n`` examples drawn without replacement (all of them if ``n`` is None or too large)."""
         if n is None or n >= len(self):
             return self
-        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return ImageSet(self.images[index], self.labels[index], self.info)
+        return self.select(split_indices(len(self), n, seed)[1])
 
     def select(self, index: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index], self.info)

@@ -208,7 +208,7 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
         model = target
     model = prepare_model(model, run.device)
     options = config.get("trainer_options")
-    trainer = defenses.build(config["trainer"], **options, seed=run.seed) if options else defenses.build("standard")
+    trainer = defenses.build(config["trainer"], **(options or {}), seed=run.seed)
     averaging = config["averaging"] and {**config["averaging"], "module": "target" if "guide" in config else None}
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
@@ -232,7 +232,7 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     return model.eval(), history
 
 
-AT_COLUMNS = ("clean", "PGD-10", "PGD-20", "PGD-50", "CW", "AA")
+AT_COLUMNS = defenses.dynat.PAPER_COLUMNS
 
 
 def _robustness_row(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -247,10 +247,11 @@ def _robustness_row(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor
     report = attacks.evaluate.robust_accuracy(model, x, y, named_attacks, cascade=False, keep_adversarial=keep)
     n_aa = min(autoattack_subset or len(x), len(x))
     aa = attacks.build("autoattack", eps=eps, version="standard", seed=run.seed)
-    aa_report = attacks.evaluate.robust_accuracy(model, x[:n_aa], y[:n_aa],
-                                                 {"AA": aa, "PGD-20": named_attacks["PGD-20"]}, cascade=False)
+    aa_report = attacks.evaluate.robust_accuracy(model, x[:n_aa], y[:n_aa], {"AA": aa})
+    # without cascading, PGD-20's per-image outcomes on the first n_aa images are already known
+    pgd20_on_aa_images = report.per_attack["PGD-20"][:n_aa].float().mean().item()
     row = {**report.accuracies, "AA": aa_report.accuracies["AA"],
-           "PGD-20 (AA images)": aa_report.accuracies["PGD-20"], "images": len(x), "aa_images": n_aa}
+           "PGD-20 (AA images)": pgd20_on_aa_images, "images": len(x), "aa_images": n_aa}
     row.pop("worst case", None)
     if transfer_to is not None:
         attacked = report.clean
@@ -371,7 +372,7 @@ def distillation_trainer(run: Run, method: str, teacher: nn.Module) -> Any:
     """The trainer of ``method`` with the profile's options, distilling from ``teacher``."""
     config = distillation_config(run, method)
     if method == "standard":
-        return defenses.build("standard")
+        return defenses.build("standard", seed=run.seed)
     return defenses.build(method, teacher=teacher, **config["trainer_options"], seed=run.seed)
 
 

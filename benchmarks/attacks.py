@@ -25,7 +25,6 @@ import advlib
 from advlib import cache, data, models, recipes
 from advlib.attacks import build
 from advlib.evaluation import predict
-from advlib.registry import UnknownNameError
 from advlib.training import fit
 
 SMALL_CNN = {  # a few seconds of training on a CPU; only for benchmarking
@@ -132,16 +131,11 @@ def main() -> None:
         torch.set_rng_state(rng_state)
         rows.append((f"pyautoattack standard ({aa_n} images)", reference_seconds, "1.00",
                      f"{100 * accuracy(x_adv, y_aa):.1f} %"))
-    try:
-        autoattack = build("autoattack", eps=args.eps, version="standard")
-    except UnknownNameError:
-        autoattack = None
-        notes.append("advlib's AutoAttack is not registered yet: its row is missing.")
-    if autoattack is not None:
-        seconds, result = timed(lambda: autoattack.run(model, x_aa, y_aa, batch_size=aa_n), run.device)
-        ratio = f"{seconds / reference_seconds:.2f} × pyautoattack" if reference_seconds else "—"
-        rows.append((f"advlib AutoAttack standard ({aa_n} images)", seconds, ratio,
-                     f"{100 * accuracy(result.x_adv, y_aa):.1f} %"))
+    autoattack = build("autoattack", eps=args.eps, version="standard")
+    seconds, result = timed(lambda: autoattack.run(model, x_aa, y_aa, batch_size=aa_n), run.device)
+    ratio = f"{seconds / reference_seconds:.2f} × pyautoattack" if reference_seconds else "—"
+    rows.append((f"advlib AutoAttack standard ({aa_n} images)", seconds, ratio,
+                 f"{100 * accuracy(result.x_adv, y_aa):.1f} %"))
 
     gpu = f" ({torch.cuda.get_device_name(run.device)})" if run.device.type == "cuda" else ""
     print(f"model {args.model}, {args.n} Fashion-MNIST test images, ε = {args.eps * 255:g}/255, α = ε/4, "

@@ -46,7 +46,8 @@ def test_relativistic_loss_by_hand():
     adversarial = torch.tensor([[[[0.5, 0.0]]]])
     # p_out = 2, adv_out = 0.5: −log σ(2 − 0.5) = log(1 + e^(−1.5))
     expected = math.log(1 + math.exp(-1.5))
-    loss = relativistic_loss(FirstPixelsAsLogits(), purified, adversarial, torch.tensor([0]))
+    classifier = FirstPixelsAsLogits()
+    loss = relativistic_loss(classifier(purified), classifier(adversarial), torch.tensor([0]))
     assert loss.item() == pytest.approx(expected)
 
 

@@ -78,9 +78,8 @@ class APGDOutcome:
     clean_correct: torch.Tensor  # per example: correctly classified clean (only these are attacked)
 
     @classmethod
-    def start(cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> "APGDOutcome":
-        with torch.no_grad():
-            correct = model(x).argmax(1) == y
+    def start(cls, x: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor) -> "APGDOutcome":
+        correct = clean_logits.argmax(1) == y
         return cls(x.clone(), ~correct, torch.zeros_like(correct), correct)
 
     def unfooled(self) -> torch.Tensor:
@@ -146,7 +145,8 @@ class APGD(Attack):
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                generator: torch.Generator) -> APGDOutcome:
         """``perturb`` that also says which examples were fooled and which had zero gradients."""
-        outcome = APGDOutcome.start(model, x, y)
+        with torch.no_grad():
+            outcome = APGDOutcome.start(x, y, model(x))
         for _ in range(self.n_restarts):
             todo = outcome.unfooled()
             if len(todo) == 0:
@@ -184,9 +184,10 @@ class APGDTargeted(APGD):
 
     def attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                generator: torch.Generator) -> APGDOutcome:
-        outcome = APGDOutcome.start(model, x, y)
         with torch.no_grad():
-            ranked = model(x).argsort(dim=1, descending=True)
+            clean_logits = model(x)
+        outcome = APGDOutcome.start(x, y, clean_logits)
+        ranked = clean_logits.argsort(dim=1, descending=True)
         n_targets = min(self.n_target_classes, ranked.shape[1] - 1)
         for _ in range(self.n_restarts):
             todo = outcome.unfooled()

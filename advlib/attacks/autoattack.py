@@ -94,13 +94,13 @@ class AutoAttack(Attack):
         if self.verbose:
             print(message, flush=True)
 
-    def _model_flags(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, n_classes: int) -> list[str]:
+    def _model_flags(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> list[str]:
         flags = []
         if self.version != "rand":  # a randomised model is what "rand" is for
             flags.append(flag_randomized(model, x, y))
-        with torch.no_grad():
-            flags.append(flag_softmax(model(x)))
+        flags.append(flag_softmax(logits))
         flags.append(flag_dynamic(model, x))
+        n_classes = logits.shape[1]
         flags.append(flag_targets(n_classes, VERSIONS[self.version], self.n_target_classes, self.n_target_classes))
         return [flag for flag in flags if flag is not None]
 
@@ -110,7 +110,7 @@ class AutoAttack(Attack):
         n = len(x)
         with torch.no_grad():
             logits = torch.cat([model(x[i:i + batch_size]) for i in range(0, n, batch_size)]) if n else None
-        flags = self._model_flags(model, x[:batch_size], y[:batch_size], logits.shape[1]) if n else []
+        flags = self._model_flags(model, x[:batch_size], y[:batch_size], logits[:batch_size]) if n else []
         robust = logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
         clean_accuracy = robust.float().mean().item() if n else 0.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from ..registry import Registry
 
 DEFENSES: Registry[Any] = Registry("defense")
@@ -15,6 +17,13 @@ def build(name: str, /, **params: Any) -> Any:
 
 def names() -> list[str]:
     return DEFENSES.names()
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """``module`` in eval mode with its parameters no longer requiring gradients (in place), for the
+    fixed classifiers and teachers that trainers hold: gradients still flow *through* it (to a
+    purifier, or to an input), but none is computed for its weights."""
+    return module.eval().requires_grad_(False)
 
 
 from . import purification  # noqa: E402,F401  (registers the purification trainers)

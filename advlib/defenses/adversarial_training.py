@@ -17,6 +17,7 @@ from .. import attacks
 from ..attacks._checks import project_linf
 from ..attacks.bim import iterate_sign_steps
 from ..attacks.base import model_mode
+from ..training import cross_entropy_loss
 from . import DEFENSES
 
 # TRADES's and DYNAT's inner maximisation starts at x + 0.001·N(0, I) (the reference codes).
@@ -83,12 +84,15 @@ class EpochSeeded:
 
 @DEFENSES.register("standard")
 class StandardTraining:
-    """Standard training: CE(f(x), y) on clean images."""
+    """Standard training, :func:`advlib.training.cross_entropy_loss` as a registered trainer. It
+    draws no random numbers; ``seed`` is accepted so every trainer is built the same way."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        return F.cross_entropy(logits, y), logits
+        return cross_entropy_loss(model, x, y, epoch)
 
 
 @DEFENSES.register("pgd_at")

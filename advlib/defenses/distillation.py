@@ -24,7 +24,7 @@ from ..attacks._checks import check_eps
 from ..evaluation import predict
 from ..attacks.base import model_mode
 from ..attacks.bim import sign_ascent
-from . import DEFENSES
+from . import DEFENSES, frozen
 from .adversarial_training import EpochSeeded, gaussian_start
 
 # SAAD's weights are w_i = 5 · max(0, H_i − min_j H_j) in the released code.
@@ -146,11 +146,6 @@ def transfer_rate(student: nn.Module, teacher: nn.Module, x_adv: torch.Tensor, y
     fools_teacher = predict(teacher, x_adv).argmax(1) != y.to(x_adv.device)
     fooled = int(fools_student.sum())
     return float((fools_student & fools_teacher).sum()) / fooled if fooled else float("nan")
-
-
-def frozen(teacher: nn.Module) -> nn.Module:
-    """The teacher in eval mode with gradients off for its parameters (inputs can still get them)."""
-    return teacher.eval().requires_grad_(False)
 
 
 class AdversarialDistillation(EpochSeeded):

@@ -64,15 +64,17 @@ class LabelAgreement:
     """Counts how often the dynamic labels equal the ground truth, for the "weak to strong" curve."""
 
     def __init__(self) -> None:
-        self._agreed, self._seen = 0, 0
+        self._agreed: torch.Tensor | int = 0
+        self._seen = 0
 
     def _count(self, labels: torch.Tensor, ground_truth: torch.Tensor) -> None:
-        self._agreed += int((labels == ground_truth).sum())
+        # a device tensor, read once per epoch: no host synchronisation per training step
+        self._agreed = self._agreed + (labels == ground_truth).sum()
         self._seen += len(labels)
 
     def pop_label_agreement(self) -> float:
         """The fraction of dynamic labels equal to y since the last call (nan if none), then reset."""
-        agreement = self._agreed / self._seen if self._seen else float("nan")
+        agreement = int(self._agreed) / self._seen if self._seen else float("nan")
         self._agreed, self._seen = 0, 0
         return agreement
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import DEFENSES
+from . import DEFENSES, frozen
 
 
 class Purified(nn.Module):
@@ -34,7 +34,7 @@ def reconstruction_loss(purified: torch.Tensor, clean: torch.Tensor) -> torch.Te
     return F.mse_loss(purified, clean)
 
 
-def relativistic_loss(classifier: nn.Module, purified: torch.Tensor, adversarial: torch.Tensor,
+def relativistic_loss(purified_logits: torch.Tensor, adversarial_logits: torch.Tensor,
                       labels: torch.Tensor) -> torch.Tensor:
     """L_adv = −log σ(p_out − adv_out) of the AT teacher (Sec. 3.2, L_AT).
 
@@ -43,8 +43,8 @@ def relativistic_loss(classifier: nn.Module, purified: torch.Tensor, adversarial
     form of NRP), so the term rewards purified images that f classifies more confidently as y than
     the adversarial ones. −log σ(z) = softplus(−z), computed stably.
     """
-    p_out = classifier(purified).gather(1, labels[:, None]).squeeze(1)
-    adv_out = classifier(adversarial).gather(1, labels[:, None]).squeeze(1)
+    p_out = purified_logits.gather(1, labels[:, None]).squeeze(1)
+    adv_out = adversarial_logits.gather(1, labels[:, None]).squeeze(1)
     return F.softplus(adv_out - p_out).mean()
 
 
@@ -82,15 +82,6 @@ def student_loss(student_out: torch.Tensor, clean: torch.Tensor, teacher_outs: S
     return beta * reconstruction_loss(student_out, clean) + gamma * kd
 
 
-def _frozen(module: nn.Module) -> nn.Module:
-    """Put ``module`` in eval mode and stop its parameters from requiring gradients (in place):
-    gradients still flow *through* it to the purifier, but none is computed for its weights."""
-    module.eval()
-    for parameter in module.parameters():
-        parameter.requires_grad_(False)
-    return module
-
-
 @DEFENSES.register("purifier-nt")
 class NTTeacherLoss:
     """Trainer of the NT teacher: L_NT = MSE(P(x), x) on clean images (Sec. 3.2)."""
@@ -106,15 +97,16 @@ class ATTeacherLoss:
     PGD examples crafted on the frozen classifier. Returns f's logits on P(x') as training accuracy."""
 
     def __init__(self, classifier: nn.Module) -> None:
-        self.classifier = _frozen(classifier)
+        self.classifier = frozen(classifier)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int,
                  x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         purified = model(x_adv)
-        loss = reconstruction_loss(purified, x) + relativistic_loss(self.classifier, purified, x_adv, y)
+        logits = self.classifier(purified)
         with torch.no_grad():
-            logits = self.classifier(purified)
-        return loss, logits
+            adversarial_logits = self.classifier(x_adv)
+        loss = reconstruction_loss(purified, x) + relativistic_loss(logits, adversarial_logits, y)
+        return loss, logits.detach()
 
 
 @DEFENSES.register("purifier-kd")
@@ -130,8 +122,8 @@ class StudentLoss:
                  gamma: float = 0.5, kd_space: str = "pixels", nt_sees_clean: bool = False) -> None:
         if kd_space not in ("pixels", "logits"):
             raise ValueError(f"kd_space must be 'pixels' or 'logits', not {kd_space!r}")
-        self.teachers = {name: _frozen(t) for name, t in teachers.items()}
-        self.classifier = _frozen(classifier) if classifier is not None else None
+        self.teachers = {name: frozen(t) for name, t in teachers.items()}
+        self.classifier = frozen(classifier) if classifier is not None else None
         self.beta, self.gamma, self.kd_space, self.nt_sees_clean = beta, gamma, kd_space, nt_sees_clean
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int,
