@@ -154,4 +154,6 @@ def test_subset_and_split_are_disjoint_and_seeded():
     assert len(holdout) == 5 and len(rest) == 15
     assert set(rest.labels.tolist()).isdisjoint(holdout.labels.tolist())
     assert torch.equal(full.subset(7, seed=2).labels, full.subset(7, seed=2).labels)
+    assert not torch.equal(full.subset(7, seed=2).labels, full.subset(7, seed=3).labels)
+    assert len(set(full.subset(7, seed=2).labels.tolist())) == 7, "drawn without replacement"
     assert full.subset(None) is full
