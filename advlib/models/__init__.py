@@ -60,6 +60,12 @@ def for_dataset(name: str, dataset: str, **params) -> nn.Module:
     return build(name, meta.num_classes, meta.in_channels, mean=meta.mean, std=meta.std, **params)
 
 
+def global_average_pool(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C), the mean over each map, computed as the reference implementations do
+    (``avg_pool2d`` over the whole map), so that their weights give bit-identical logits here."""
+    return torch.nn.functional.avg_pool2d(features, features.shape[2:]).flatten(1)
+
+
 def names() -> list[str]:
     return MODELS.names()
 
@@ -69,3 +75,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 from . import autoencoder, mobilenetv2, resnet, small_cnn, wide_resnet  # noqa: E402,F401  (registers the architectures)
+from .reference_weights import load_reference  # noqa: E402,F401

@@ -3,8 +3,9 @@
 * ``resnet20`` / ``resnet56``: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016,
   Sec. 4.2 — 3 stages of n basic blocks with 16/32/64 channels (depth 6n+2), identity shortcuts
   with zero-padded channels ("option A"), 0.27M / 0.85M parameters.
-* ``resnet18``: the ImageNet ResNet-18 with a 3x3 stem and no max-pool (the CIFAR variant used
-  by SAAD, DYNAT and most adversarial-robustness code).
+* ``resnet18``: the ImageNet ResNet-18 with a 3x3 stem and no max-pool (the CIFAR variant of
+  kuangliu's pytorch-cifar, used by SAAD and most adversarial-robustness code).
+* ``resnet18_cifar``: LBGAT's variant with strides 1/1/2/2, DYNAT's guide.
 * ``preact_resnet18``: He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import MODELS
+from . import MODELS, global_average_pool
 
 
 class _BasicBlock(nn.Module):
@@ -100,16 +101,18 @@ class PreActBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """ResNet-18 (4 stages x 2 blocks, 64-512 channels) with a 3x3 stem for 32x32 inputs."""
+    """ResNet-18 (4 stages x 2 blocks, 64-512 channels) with a 3x3 stem for 32x32 inputs; ``strides``
+    are the first stride of each stage."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, preact: bool = False) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, preact: bool = False,
+                 strides: tuple[int, int, int, int] = (1, 2, 2, 2)) -> None:
         super().__init__()
         block = PreActBlock if preact else _BasicBlock
         self.preact = preact
         self.conv = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn = nn.BatchNorm2d(512 if preact else 64)
         layers, cin = [], 64
-        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for cout, stride in zip((64, 128, 256, 512), strides):
             layers += [block(cin, cout, stride), block(cout, cout, 1)]
             cin = cout
         self.layers = nn.Sequential(*layers)
@@ -120,12 +123,23 @@ class ResNet18(nn.Module):
             out = F.relu(self.bn(self.layers(self.conv(x))))
         else:
             out = self.layers(F.relu(self.bn(self.conv(x))))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.fc(global_average_pool(out))
 
 
 @MODELS.register("resnet18")
 def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return ResNet18(num_classes, in_channels)
+
+
+@MODELS.register("resnet18_cifar")
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """LBGAT's ``ResNet18_cifar`` (``models/resnetcifar.py`` of dvlab-research/LBGAT, copied unchanged
+    into DYNAT's code), DYNAT's guide. It is :func:`resnet18` with two changes: the second stage
+    keeps stride 1 (strides 1/1/2/2), so the last stage runs on 8x8 maps instead of 4x4 (about 2-4x
+    the FLOPs of the later stages), and the final average pool covers those 8x8. Module names and
+    parameter shapes are those of :func:`resnet18` (11.2M parameters): the same weights load into
+    both, but the two compute different functions."""
+    return ResNet18(num_classes, in_channels, strides=(1, 1, 2, 2))
 
 
 @MODELS.register("preact_resnet18")

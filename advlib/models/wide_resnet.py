@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import MODELS
+from . import MODELS, global_average_pool
 from .resnet import PreActBlock
 
 
@@ -37,7 +37,7 @@ class WideResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn(self.blocks(self.conv(x))))
-        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.fc(global_average_pool(out))
 
 
 @MODELS.register("wrn34_10")
