@@ -46,7 +46,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "adam", "lr": 0.002},
             "schedule": {"interpolate": "linear", "points": [[0.0, 1.0], [1.0, 0.1]]},
             "train_attack": {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
-            "beta": 0.5, "gamma": 0.5, "kd_space": "pixels",
+            # Sec. 3.3: the AT teacher is given x', the NT teacher the clean image
+            "beta": 0.5, "gamma": 0.5, "kd_space": "pixels", "nt_sees_clean": True,
             "eval_subset": 400, "autoattack_subset": 100,
         },
         "adversarial_training": {
@@ -65,10 +66,11 @@ PROFILES: dict[str, dict[str, Any]] = {
             "averaging": None,
             "train_attack": {"eps": 0.1, "alpha": 0.04, "steps": 3},
             "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
-            "dynat_trades_awp": {"label_weight": 0.2, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 2},
+            "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 2},
+            "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             "eval_attack": {"eps": 0.1, "alpha": 0.025},
             # AutoAttack costs ~1 CPU-second per robust image here: a few dozen images, as a check
-            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20},
+            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20, "cw_restarts": 1},
         },
         "distillation": {
             # Chapter 7: chapter 6's TRADES CNN (width 16) teaches a width-8 student on the same data
@@ -89,7 +91,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "igdm_weight_by_dataset": {"cifar100": 10.0},
             "averaging": {"kind": "swa", "start": 0.475, "every": "epoch"}, "average_baselines": False,
             "eval_attack": {"eps": 0.1, "alpha": 0.025},
-            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20},
+            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20, "cw_restarts": 1},
         },
     },
     "paper": {
@@ -111,15 +113,16 @@ PROFILES: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "adam", "lr": 0.01},
             "schedule": {"interpolate": "step", "points": [[0.0, 1.0]]},
             "train_attack": {"name": "pgd", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10},
-            "beta": 0.5, "gamma": 0.5, "kd_space": "pixels",
+            # Sec. 3.3: the AT teacher is given x', the NT teacher the clean image
+            "beta": 0.5, "gamma": 0.5, "kd_space": "pixels", "nt_sees_clean": True,
             "eval_subset": None, "autoattack_subset": None,
         },
         "adversarial_training": {
-            # Seed 002, Sec. 4.1 and the authors' code (notes §3): WRN-34-10 target, ResNet-18 guide,
-            # no input normalisation, SGD lr 0.1 (0.02 in epoch 1), momentum 0.9, wd 2e-4, batch 128,
-            # 100 epochs, lr 0.01 from epoch 76 and 0.001 from 91; ε 0.031, step 0.007, 10 steps.
-            # The held-out slice for per-epoch curves is ours; the evaluation step 0.003 is TRADES's.
-            "target": {"arch": "wrn34_10"}, "guide": {"arch": "resnet18"},
+            # Seed 002, Sec. 4.1 and the authors' code (notes §3): WRN-34-10 target, LBGAT's
+            # ResNet18_cifar guide, no input normalisation, SGD lr 0.1 (0.02 in epoch 1), momentum 0.9,
+            # wd 2e-4, batch 128, 100 epochs, lr 0.01 from epoch 76 and 0.001 from 91; ε 0.031, step
+            # 0.007, 10 steps. The held-out slice for per-epoch curves is ours.
+            "target": {"arch": "wrn34_10"}, "guide": {"arch": "resnet18_cifar"},
             "normalize": False, "train_subset": None, "holdout": 1000, "batch_size": 128, "epochs": 100,
             "augment": True,
             "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
@@ -127,10 +130,15 @@ PROFILES: dict[str, dict[str, Any]] = {
             "averaging": None,
             "train_attack": {"eps": 0.031, "alpha": 0.007, "steps": 10},
             "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
-            "dynat_trades_awp": {"label_weight": 0.2, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10},
-            "eval_attack": {"eps": 0.031, "alpha": 0.003},
-            # AutoAttack on the first 1000 test images, as the authors' evaluation script does
-            "evaluation": {"eval_subset": None, "autoattack_subset": 1000, "cw_steps": 20},
+            # DYNAT-AWP / DYNAT-Inner-AWP: λ = 1 on CIFAR-10 (Sec. 4.1); 0.2 in the authors' only AWP
+            # script, which trains CIFAR-100
+            "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10},
+            "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
+            # the authors' evaluation script: ε 8/255, step 2/255, uniform random start, 1 restart;
+            # CW-∞ 20 steps; AutoAttack on the first 1000 test images. (Its PGD also freezes each
+            # image once fooled; ours returns the last iterate, as Madry et al.'s PGD does.)
+            "eval_attack": {"eps": 8 / 255, "alpha": 2 / 255},
+            "evaluation": {"eval_subset": None, "autoattack_subset": 1000, "cw_steps": 20, "cw_restarts": 1},
         },
         "distillation": {
             # Seed 001 and the authors' code (notes §2): ResNet-18 student (``mobilenetv2`` the other),
@@ -138,8 +146,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             # epochs, lr /10 at epochs 100 and 150; ε 8/255, step 2/255, 10 steps for every method;
             # SWA of SAAD's student at the end of every epoch from 95 on. The teacher is chapter 6's
             # TRADES WRN-34-10, or a RobustBench model by name (the paper's: Gowal2021Improving_28_10_ddpm_100m).
-            # The held-out slice for the per-epoch curves is ours. CW-inf: 50 steps, as the authors'
-            # script (which also restarts it 10 times).
+            # The held-out slice for the per-epoch curves is ours. CW-∞: 50 steps and 10 restarts, as
+            # the authors' script.
             "teacher": "trades", "robustbench_teacher": None,
             "student": {"arch": "resnet18"},
             "normalize": False, "train_subset": None, "holdout": 1000, "batch_size": 128, "epochs": 200,
@@ -154,7 +162,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "igdm_weight_by_dataset": {"cifar100": 10.0},
             "averaging": {"kind": "swa", "start": 0.475, "every": "epoch"}, "average_baselines": False,
             "eval_attack": {"eps": 8 / 255, "alpha": 2 / 255},
-            "evaluation": {"eval_subset": None, "autoattack_subset": None, "cw_steps": 50},
+            "evaluation": {"eval_subset": None, "autoattack_subset": None, "cw_steps": 50, "cw_restarts": 10},
         },
     },
 }

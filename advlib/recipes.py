@@ -5,6 +5,7 @@ trains it, every later one loads it, and each notebook still runs on its own.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -37,7 +38,7 @@ def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The standard-trained classifier of chapter 01 (ResNet56 on CIFAR-10 in the paper profile),
     in eval mode, with its per-epoch history (training loss/accuracy, held-out accuracy)."""
     config = classifier_config(run)
-    model = prepare_model(models.for_dataset(config["arch"], run.dataset), run.device)
+    model = network(run, "classifier")
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         loader, x_val, y_val = _training_data(run, config)
@@ -96,8 +97,7 @@ def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Calla
     config = {"role": role, **_pairs_config(run), **{k: spec[k] for k in _PURIFIER_TRAINING_KEYS},
               "epochs": epochs, **extra}
     config["autoencoder"] = {**spec["autoencoder"], **(architecture or {})}
-    meta = data.info(run.dataset)
-    model = prepare_model(models.build("cae", in_channels=meta.in_channels, **config["autoencoder"]), run.device)
+    model = network(run, "purifier", **(architecture or {}))
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         clean, adversarial = adversarial_pairs(run)
@@ -134,37 +134,54 @@ def purifier_teacher(run: Run, kind: str, **architecture: Any) -> tuple[nn.Modul
     return _purifier(run, f"teacher-{kind}", {}, factory, spec["teacher_epochs"], architecture)
 
 
+def purifier_student_loss(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> Any:
+    """The student's trainer (:class:`~advlib.defenses.purification.StudentLoss`) with the profile's
+    β, γ, KD space and teacher inputs, holding the cached (or freshly trained) ``teachers``."""
+    spec = run.config["purification"]
+    teacher_models = {kind: purifier_teacher(run, kind)[0] for kind in sorted(teachers)}
+    return defenses.build("purifier-kd", teachers=teacher_models, classifier=classifier(run)[0],
+                          **{k: spec[k] for k in _STUDENT_LOSS_KEYS})
+
+
+_STUDENT_LOSS_KEYS = ("beta", "gamma", "kd_space", "nt_sees_clean")
+
+
 def purifier_student(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The student purifier distilled from ``teachers`` (Koo et al. Sec. 3.3); the paper's purifier
     uses both, the ablation (Table 2) one at a time."""
     spec = run.config["purification"]
-    extra = {"teachers": sorted(teachers), "beta": spec["beta"], "gamma": spec["gamma"], "kd_space": spec["kd_space"],
+    extra = {"teachers": sorted(teachers), **{k: spec[k] for k in _STUDENT_LOSS_KEYS},
              "teacher_epochs": spec["teacher_epochs"]}
-
-    def factory():
-        teacher_models = {kind: purifier_teacher(run, kind)[0] for kind in sorted(teachers)}
-        return defenses.build("purifier-kd", teachers=teacher_models, classifier=classifier(run)[0],
-                              beta=spec["beta"], gamma=spec["gamma"], kd_space=spec["kd_space"])
-
-    return _purifier(run, "student-" + "-".join(sorted(teachers)), extra, factory, spec["student_epochs"])
+    return _purifier(run, "student-" + "-".join(sorted(teachers)), extra,
+                     lambda: purifier_student_loss(run, teachers), spec["student_epochs"])
 
 
 # --- chapters 6 and 8: adversarial training and DYNAT ----------------------------------------------
 
-# Method name -> (trainer registered in advlib.defenses, the profile's section of trainer options,
-# fixed options of this variant). The DYNAT methods train a guide and a target together.
-AT_METHODS: dict[str, tuple[str, str | None, dict[str, Any]]] = {
-    "standard": ("standard", None, {}),
-    "pgd_at": ("pgd_at", "pgd_at", {}),
-    "trades": ("trades", "trades", {}),
-    "dynat": ("dynat", "dynat", {"inner": "dynamic"}),
-    "dynat_no_inner": ("dynat", "dynat", {"inner": "ground_truth"}),
-    "dynat_trades_awp": ("dynat_trades_awp", "dynat_trades_awp", {}),
-}
+@dataclass(frozen=True)
+class Method:
+    """A row of the book's tables: its ``name`` (cache and JSON key), its ``label`` (as the paper
+    names it), the ``trainer`` registered in :mod:`advlib.defenses`, the profile ``section`` with
+    the trainer's options, and the ``fixed`` options that make this variant."""
 
-AT_METHOD_LABELS = {"standard": "Standard", "pgd_at": "PGD-AT", "trades": "TRADES", "dynat": "DYNAT",
-                    "dynat_no_inner": "DYNAT without inner optimisation",
-                    "dynat_trades_awp": "DYNAT-Inner-AWP (TRADES, β = 1)"}
+    name: str
+    label: str
+    trainer: str
+    section: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+# Chapters 6 and 8. The DYNAT methods train a guide and a target together.
+AT_METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("standard", "Standard", "standard"),
+    Method("pgd_at", "PGD-AT", "pgd_at", "pgd_at"),
+    Method("trades", "TRADES", "trades", "trades"),
+    Method("dynat", "DYNAT", "dynat", "dynat", {"inner": "dynamic"}),
+    Method("dynat_no_inner", "DYNAT without inner optimisation", "dynat", "dynat", {"inner": "ground_truth"}),
+    Method("dynat_awp_beta0", "DYNAT-AWP (β = 0)", "dynat_awp", "dynat_awp", {"beta": 0.0}),
+    Method("dynat_awp", "DYNAT-AWP (β = 1)", "dynat_awp", "dynat_awp", {"beta": 1.0}),
+    Method("dynat_inner_awp", "DYNAT-Inner-AWP (β = 1)", "dynat_inner_awp", "dynat_awp", {"beta": 1.0}),
+)}
 
 _AT_TRAINING_KEYS = ("target", "normalize", "train_subset", "holdout", "batch_size", "epochs", "augment",
                      "optimizer", "schedule", "averaging")
@@ -174,23 +191,48 @@ def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
     """Everything that determines the weights of ``method`` trained under ``run``'s profile."""
     if method not in AT_METHODS:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(AT_METHODS)}")
-    trainer, section, fixed = AT_METHODS[method]
     spec = run.config["adversarial_training"]
-    config = {"method": method, "trainer": trainer, "dataset": run.dataset, "seed": run.seed,
+    recipe = AT_METHODS[method]
+    config = {"method": method, "trainer": recipe.trainer, "dataset": run.dataset, "seed": run.seed,
               **{k: spec[k] for k in _AT_TRAINING_KEYS}}
-    if trainer != "standard":
-        config["trainer_options"] = {**spec["train_attack"], **spec[section], **fixed}
-    if trainer.startswith("dynat"):
+    if recipe.section is not None:
+        options = {**spec["train_attack"], **spec[recipe.section], **recipe.fixed}
+        if recipe.section == "dynat_awp":
+            by_dataset = spec["dynat_awp_label_weight_by_dataset"]
+            options["label_weight"] = by_dataset.get(run.dataset, options["label_weight"])
+        config["trainer_options"] = options
+    if recipe.trainer.startswith("dynat"):
         config["guide"] = spec["guide"]
     return config
 
 
-def _network(run: Run, arch: dict[str, Any], normalize: bool) -> nn.Module:
-    params = {k: v for k, v in arch.items() if k != "arch"}
-    if normalize:
-        return models.for_dataset(arch["arch"], run.dataset, **params)
+# role -> (profile section, key of the architecture in it)
+NETWORK_ROLES = {"classifier": ("classifier", None), "purifier": ("purification", "autoencoder"),
+                 "target": ("adversarial_training", "target"), "guide": ("adversarial_training", "guide"),
+                 "student": ("distillation", "student")}
+
+
+def network(run: Run, role: str, **architecture: Any) -> nn.Module:
+    """A freshly initialised network for ``role`` in ``run``'s profile, on the run's device: the
+    chapter-1 ``"classifier"``, the ``"purifier"`` autoencoder (chapters 3-5), the adversarially
+    trained ``"target"`` and DYNAT's ``"guide"`` (chapters 6 and 8), the distilled ``"student"``
+    (chapter 7). ``architecture`` overrides the profile's settings (e.g. ``skips=False``)."""
+    if role not in NETWORK_ROLES:
+        raise ValueError(f"unknown network role {role!r}; known roles: {', '.join(NETWORK_ROLES)}")
+    section, key = NETWORK_ROLES[role]
+    spec = run.config[section]
     meta = data.info(run.dataset)
-    return models.build(arch["arch"], meta.num_classes, meta.in_channels, **params)
+    if role == "classifier":
+        net = models.for_dataset(spec["arch"], run.dataset)
+    elif role == "purifier":
+        net = models.build("cae", in_channels=meta.in_channels, **{**spec[key], **architecture})
+    else:
+        params = {k: v for k, v in {**spec[key], **architecture}.items() if k != "arch"}
+        if spec["normalize"]:
+            net = models.for_dataset(spec[key]["arch"], run.dataset, **params)
+        else:
+            net = models.build(spec[key]["arch"], meta.num_classes, meta.in_channels, **params)
+    return prepare_model(net, run.device)
 
 
 def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -201,12 +243,8 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     :class:`~advlib.defenses.dynat.GuideAndTarget` pair, whose forward pass is the target's."""
     config = adversarial_training_config(run, method)
     spec = run.config["adversarial_training"]
-    target = _network(run, config["target"], config["normalize"])
-    if "guide" in config:
-        model = defenses.dynat.GuideAndTarget(_network(run, config["guide"], config["normalize"]), target)
-    else:
-        model = target
-    model = prepare_model(model, run.device)
+    target = network(run, "target")
+    model = defenses.dynat.GuideAndTarget(network(run, "guide"), target) if "guide" in config else target
     options = config.get("trainer_options")
     trainer = defenses.build(config["trainer"], **(options or {}), seed=run.seed)
     averaging = config["averaging"] and {**config["averaging"], "module": "target" if "guide" in config else None}
@@ -282,12 +320,13 @@ def at_evaluation(run: Run, method: str) -> dict[str, Any]:
         eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
         named = {f"PGD-{steps}": attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, seed=run.seed)
                  for steps in (10, 20, 50)}
-        named["CW"] = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"], seed=run.seed)
+        named["CW"] = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
+                                    restarts=evaluation["cw_restarts"], seed=run.seed)
         row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"])
         return {key: torch.tensor(float(value)) for key, value in row.items()}
 
     stored = cache.load_or_compute("at-evaluation", config, compute)
-    return _stored_row(stored, AT_METHOD_LABELS.get(method, method))
+    return _stored_row(stored, AT_METHODS[method].label)
 
 
 def save_at_dynat(run: Run, rows: list[dict[str, Any]]) -> Any:
@@ -376,12 +415,6 @@ def distillation_trainer(run: Run, method: str, teacher: nn.Module) -> Any:
     return defenses.build(method, teacher=teacher, **config["trainer_options"], seed=run.seed)
 
 
-def untrained_student(run: Run) -> nn.Module:
-    """A freshly initialised student network of the profile, on the run's device."""
-    spec = run.config["distillation"]
-    return prepare_model(_network(run, spec["student"], spec["normalize"]), run.device)
-
-
 def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The student of ``method`` in eval mode (SAAD's is the SWA average), with its per-epoch history:
     training loss/accuracy, held-out clean and PGD-10 accuracy and ``val_transfer``, the
@@ -390,7 +423,7 @@ def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, 
     SAAD also :meth:`~advlib.defenses.distillation.SAAD.pop_weight_statistics`."""
     config = distillation_config(run, method)
     spec = run.config["distillation"]
-    model = untrained_student(run)
+    model = network(run, "student")
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         teacher = distillation_teacher(run)
@@ -438,7 +471,8 @@ def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
         eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
         named = {"FGSM": attacks.build("fgsm", eps=eps),
                  "PGD-20": attacks.build("pgd", eps=eps, alpha=alpha, steps=20, seed=run.seed),
-                 "CW": attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"], seed=run.seed)}
+                 "CW": attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
+                                     restarts=evaluation["cw_restarts"], seed=run.seed)}
         row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"],
                               transfer_to=None if method == "teacher" else teacher)
         return {key: torch.tensor(float(value)) for key, value in row.items()}

@@ -16,7 +16,7 @@ from advlib.attacks.cw_linf import cw_margin
 from advlib.defenses.adversarial_training import (adversarial_ce_loss, kl_clean_adversarial, maximize_linf,
                                                   trades_adversarial, trades_loss)
 from advlib.defenses.awp import AdversarialWeightPerturbation, weight_perturbation
-from advlib.defenses.dynat import GuideAndTarget, dynamic_labels, dynat_loss, dynat_trades_loss, guide_loss
+from advlib.defenses.dynat import GuideAndTarget, dynamic_labels, dynat_awp_loss, dynat_loss, guide_loss
 from advlib.training import Callback, fit
 
 LN3 = math.log(3.0)
@@ -72,14 +72,16 @@ def test_dynat_loss_by_hand():
     assert dynat_loss(guide, target_adv, y, label_weight=0.2).item() == pytest.approx(guide_ce + 0.2 * target_ce)
 
 
-def test_dynat_trades_loss_by_hand():
+def test_dynat_awp_loss_by_hand():
     guide = torch.tensor([[0.0, 5.0]])  # dynamic label 1, while y = 0
     target_clean, target_adv, y = torch.tensor([[0.0, LN3]]), torch.zeros(1, 2), torch.tensor([0])
     guide_ce = math.log(1 + math.exp(5))
-    expected = guide_ce + 0.2 * math.log(2) + KL_QUARTER_HALF
-    assert dynat_trades_loss(guide, target_clean, target_adv, y).item() == pytest.approx(expected)
-    assert dynat_trades_loss(guide, target_clean, target_adv, y, beta=2.0).item() == pytest.approx(
-        expected + KL_QUARTER_HALF)
+    expected = guide_ce + math.log(2) + KL_QUARTER_HALF  # λ = 1, β = 1
+    assert dynat_awp_loss(guide, target_clean, target_adv, y).item() == pytest.approx(expected)
+    assert dynat_awp_loss(guide, target_clean, target_adv, y, label_weight=0.2, beta=2.0).item() == pytest.approx(
+        guide_ce + 0.2 * math.log(2) + 2 * KL_QUARTER_HALF)
+    assert dynat_awp_loss(guide, target_clean, target_adv, y, beta=0.0).item() == pytest.approx(
+        guide_ce + math.log(2))
 
 
 def test_argmax_label_blocks_gradients_into_the_guide():
@@ -115,7 +117,7 @@ def test_maximize_linf_one_step_by_hand():
 
 def test_trainers_craft_inside_the_ball_and_are_reproducible(small_pair):
     x, y = torch.rand(6, 1, 32, 32), torch.arange(6) % 10
-    for name in ("pgd_at", "trades", "dynat", "dynat_trades_awp"):
+    for name in ("pgd_at", "trades", "dynat", "dynat_awp", "dynat_inner_awp"):
         model = small_pair if name.startswith("dynat") else small_pair.target
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         losses = []
@@ -146,10 +148,10 @@ def small_pair() -> GuideAndTarget:
 
 def test_guide_and_target_both_receive_gradients(small_pair):
     x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
-    for name in ("dynat", "dynat_trades_awp"):
+    for name in ("dynat", "dynat_awp", "dynat_inner_awp"):
         small_pair.zero_grad(set_to_none=True)
-        trainer = defenses.build(name, eps=8 / 255, alpha=2 / 255, steps=2, awp_from_epoch=1) \
-            if name == "dynat_trades_awp" else defenses.build(name, eps=8 / 255, alpha=2 / 255, steps=2)
+        awp = {"awp_from_epoch": 1} if name != "dynat" else {}
+        trainer = defenses.build(name, eps=8 / 255, alpha=2 / 255, steps=2, **awp)
         loss, _ = trainer(small_pair, x, y, 0)
         loss.backward()
         for part in ("guide", "target"):
@@ -162,26 +164,77 @@ def test_guide_and_target_both_receive_gradients(small_pair):
     assert math.isnan(trainer.pop_label_agreement()), "the counter resets"
 
 
-def test_dynat_ablation_crafts_on_the_ground_truth():
-    # The guide's label is 1 everywhere, y is 0: the dynamic inner step ascends CE(·, 1) (pixels go
-    # down when s > 0), the ablation ascends CE(·, 0) (pixels go up).
-    class ConstantGuide(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.bias = nn.Parameter(torch.tensor([0.0, 1.0]))
+class ConstantGuide(nn.Module):
+    """A 'guide' that predicts class 1 for every image."""
 
-        def forward(self, x):
-            return self.bias.expand(len(x), 2)
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.0, 1.0]))
 
+    def forward(self, x):
+        return self.bias.expand(len(x), 2)
+
+
+@pytest.mark.parametrize("name, inner, expected_sum", [
+    ("dynat", "dynamic", 4 * 0.47), ("dynat", "ground_truth", 4 * 0.53), ("dynat_inner_awp", None, 4 * 0.47)])
+def test_dynat_inner_step_crafts_on_the_dynamic_label(name, inner, expected_sum):
+    """The guide's label is 1 everywhere, y is 0: the dynamic inner step (DYNAT, DYNAT-Inner-AWP)
+    ascends CE(S(x'), 1), so with logits (0, Σx') every pixel goes down by ε; the ablation ascends
+    CE(S(x'), 0) and pixels go up."""
     pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
     x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
-    crafted = {}
-    for inner in ("dynamic", "ground_truth"):
-        trainer = defenses.build("dynat", eps=0.03, alpha=0.03, steps=2, inner=inner)
-        _, logits_adv = trainer(pair, x, y, 0)
-        crafted[inner] = logits_adv[0, 1].item()  # = Σ x'
-    assert crafted["dynamic"] == pytest.approx(4 * 0.47, abs=1e-5)
-    assert crafted["ground_truth"] == pytest.approx(4 * 0.53, abs=1e-5)
+    options = {"inner": inner} if inner else {"awp_from_epoch": 99}
+    trainer = defenses.build(name, eps=0.03, alpha=0.03, steps=2, **options)
+    _, logits_adv = trainer(pair, x, y, 0)
+    assert logits_adv[0, 1].item() == pytest.approx(expected_sum, abs=1e-5)  # = Σ x'
+
+
+def test_dynat_awp_inner_step_is_tradess_kl_not_the_dynamic_label(monkeypatch):
+    """DYNAT-AWP (the authors' released script) crafts x' with TRADES's inner maximiser; DYNAT-Inner-AWP
+    never calls it."""
+    from advlib.defenses import dynat
+    calls = []
+    monkeypatch.setattr(dynat, "trades_adversarial", lambda target, x, **kw: calls.append(kw) or x.clone())
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
+    defenses.build("dynat_awp", eps=0.03, alpha=0.01, steps=3, awp_from_epoch=99)(pair, x, y, 0)
+    assert len(calls) == 1 and calls[0]["steps"] == 3 and calls[0]["bn_mode"] == "eval"
+    defenses.build("dynat_inner_awp", eps=0.03, alpha=0.01, steps=3, awp_from_epoch=99)(pair, x, y, 0)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="dynamic-label"):
+        defenses.build("dynat_inner_awp", inner="trades")
+
+
+class RecordsTrainModeInputs(nn.Module):
+    """A target whose BatchNorm sees each train-mode batch; it records which inputs those were."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        self.train_inputs: list[torch.Tensor] = []
+
+    def forward(self, x):
+        if self.training:
+            self.train_inputs.append(x.detach().clone())
+        return self.net(x)
+
+
+@pytest.mark.parametrize("name", ["dynat", "dynat_awp", "dynat_inner_awp"])
+def test_dynat_target_sees_the_clean_batch_last_in_train_mode(name):
+    """The authors' training step runs S(x') and then S(x) in train mode, so the clean batch is the
+    last update of S's BatchNorm statistics (plain DYNAT's loss does not even use S(x))."""
+    torch.manual_seed(0)
+    target = RecordsTrainModeInputs()
+    pair = GuideAndTarget(ConstantGuide(), target).train()
+    x, y = torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 0])
+    options = {} if name == "dynat" else {"awp_from_epoch": 99}
+    defenses.build(name, eps=0.03, alpha=0.01, steps=2, **options)(pair, x, y, 0)
+    assert len(target.train_inputs) == 2, "crafting runs in eval mode; training runs S(x') and S(x)"
+    assert not torch.equal(target.train_inputs[0], x) and torch.equal(target.train_inputs[1], x)
+    if name == "dynat":
+        target.train_inputs.clear()
+        defenses.build(name, eps=0.03, alpha=0.01, steps=2, target_clean_pass=False)(pair, x, y, 0)
+        assert len(target.train_inputs) == 1
 
 
 # --- AWP ----------------------------------------------------------------------------------------------
@@ -284,7 +337,7 @@ def test_resumed_dynat_awp_run_with_ema_ends_with_identical_weights(tmp_path):
     def run(checkpoint, stop_after=None):
         torch.manual_seed(0)
         pair = GuideAndTarget(models.build("small_cnn", 10, 1, width=2), models.build("small_cnn", 10, 1, width=2))
-        trainer = defenses.build("dynat_trades_awp", eps=8 / 255, alpha=2 / 255, steps=1, awp_from_epoch=2, seed=1)
+        trainer = defenses.build("dynat_awp", eps=8 / 255, alpha=2 / 255, steps=1, awp_from_epoch=2, seed=1)
         fit(pair, _tiny_loader(32, 16), epochs=3, optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9},
             schedule={"points": [[0.0, 1.0], [0.5, 0.1]]}, loss_fn=trainer, callbacks=[trainer],
             checkpoint=checkpoint, stop_after=stop_after,
@@ -333,9 +386,12 @@ def test_paper_profile_has_the_issues_hyperparameters():
     assert spec["train_attack"] == {"eps": 0.031, "alpha": 0.007, "steps": 10}
     assert spec["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4}
     assert spec["epochs"] == 100 and spec["batch_size"] == 128
-    assert spec["target"]["arch"] == "wrn34_10" and spec["guide"]["arch"] == "resnet18"
+    assert spec["target"]["arch"] == "wrn34_10" and spec["guide"]["arch"] == "resnet18_cifar"
     assert spec["trades"]["beta"] == 6.0
-    assert spec["dynat_trades_awp"] == {"label_weight": 0.2, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10}
+    assert spec["dynat_awp"] == {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10}
+    # the authors' evaluation: ε 8/255 and step 2/255 (the step 0.003 could not cross the ball in 10 steps)
+    assert spec["eval_attack"] == {"eps": 8 / 255, "alpha": 2 / 255}
+    assert spec["evaluation"]["cw_steps"] == 20 and spec["evaluation"]["autoattack_subset"] == 1000
     from advlib.training import lr_multiplier, training_progress
     steps = 391
     lr = {epoch: lr_multiplier(training_progress(epoch - 1, 0, steps, 100), spec["schedule"])
@@ -351,15 +407,16 @@ def paper_size_models() -> dict[str, nn.Module]:
     return {"target": models.build(spec["target"]["arch"], 10, 3), "guide": models.build(spec["guide"]["arch"], 10, 3)}
 
 
-@pytest.mark.parametrize("name", ["standard", "pgd_at", "trades", "dynat", "dynat_trades_awp"])
+@pytest.mark.parametrize("name", ["standard", "pgd_at", "trades", "dynat", "dynat_awp", "dynat_inner_awp"])
 def test_one_step_of_each_trainer_at_paper_size(paper_size_models, name):
     """WRN-34-10 target (and ResNet-18 guide) on a CIFAR-shaped batch of 2; one inner step instead
     of ten keeps the CPU test short (the step count is just a loop bound)."""
     spec = config.PROFILES["paper"]["adversarial_training"]
     target = paper_size_models["target"]
     model = GuideAndTarget(paper_size_models["guide"], target) if name.startswith("dynat") else target
-    options = {} if name == "standard" else {**spec["train_attack"], "steps": 1, **spec.get(name, {})}
-    if name == "dynat_trades_awp":
+    section = recipes.AT_METHODS[name].section
+    options = {} if section is None else {**spec["train_attack"], "steps": 1, **spec[section]}
+    if section == "dynat_awp":
         options["awp_from_epoch"] = 1
     trainer = defenses.build(name, **options)
     model.train()
@@ -387,5 +444,64 @@ def test_paper_profile_results_quote_the_papers_table(tmp_path, monkeypatch):
     paper = {row["method"]: row for row in saved[1:]}
     assert {row["source"] for row in saved[1:]} == {"paper (Table 1)"}
     assert paper["DYNAT-Inner-AWP (β = 1)"]["AA"] == pytest.approx(0.553)
+    assert paper["DYNAT-AWP (β = 1)"]["clean"] == pytest.approx(0.8841)
     assert paper["PGD-AT"]["clean"] == pytest.approx(0.8517)
     assert all(set(recipes.AT_COLUMNS) <= set(row) for row in saved)
+
+
+def test_at_rows_carry_the_papers_names():
+    labels = {method.label for method in recipes.AT_METHODS.values()}
+    assert {"DYNAT-AWP (β = 0)", "DYNAT-AWP (β = 1)", "DYNAT-Inner-AWP (β = 1)", "PGD-AT", "TRADES", "DYNAT"} <= labels
+    paper_rows = set(defenses.dynat.PAPER_TABLE1)
+    for method in recipes.AT_METHODS.values():
+        if method.name not in ("standard", "dynat_no_inner"):
+            assert method.label in paper_rows, method.label
+
+
+@pytest.mark.parametrize("dataset, awp_weight", [("cifar10", 1.0), ("cifar100", 0.2), ("fashion-mnist", 1.0)])
+def test_dynat_label_weight_is_set_per_dataset(dataset, awp_weight):
+    """λ = 1 on CIFAR-10 (DYNAT Sec. 4.1); the authors' CIFAR-100 AWP script uses 0.2; plain DYNAT 1."""
+    for profile in ("quick", "paper"):
+        run = config.setup(profile, dataset=dataset, device="cpu", quiet=True)
+        for method in ("dynat_awp_beta0", "dynat_awp", "dynat_inner_awp"):
+            options = recipes.adversarial_training_config(run, method)["trainer_options"]
+            assert options["label_weight"] == awp_weight, (profile, method)
+        assert recipes.adversarial_training_config(run, "dynat")["trainer_options"]["label_weight"] == 1.0
+    betas = {m: recipes.adversarial_training_config(run, m)["trainer_options"]["beta"]
+             for m in ("dynat_awp_beta0", "dynat_awp", "dynat_inner_awp")}
+    assert betas == {"dynat_awp_beta0": 0.0, "dynat_awp": 1.0, "dynat_inner_awp": 1.0}
+    assert recipes.adversarial_training_config(run, "dynat_inner_awp")["trainer"] == "dynat_inner_awp"
+
+
+def test_quick_profile_evaluation_step_is_a_quarter_of_eps():
+    for section in ("adversarial_training", "distillation"):
+        attack = config.PROFILES["quick"][section]["eval_attack"]
+        assert attack["alpha"] == pytest.approx(attack["eps"] / 4), section
+
+
+def test_saad_evaluation_restarts_cw_ten_times_in_the_paper_profile():
+    evaluation = config.PROFILES["paper"]["distillation"]["evaluation"]
+    assert evaluation["cw_steps"] == 50 and evaluation["cw_restarts"] == 10
+
+
+class FooledAboveThreshold(nn.Module):
+    """One pixel; logits (0, 1000 · (x − 0.58)): class 1 wins once x > 0.58."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        s = 1000 * (x.flatten(1)[:, 0] - 0.58)
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def test_cw_linf_restarts_take_the_per_example_worst_case():
+    """x = 0.5, ε = 0.1, one step of 0.0005 up: a run fools the model only if its uniform start lands
+    above 0.5795, probability 0.1025 per run, so k restarts fool a fraction 1 − 0.8975^k."""
+    x, y = torch.full((4000, 1, 1, 1), 0.5), torch.zeros(4000, dtype=torch.long)
+    model = FooledAboveThreshold()
+    for restarts in (1, 5):
+        attack = attacks.build("cw-linf", eps=0.1, alpha=0.0005, steps=1, restarts=restarts, seed=restarts)
+        fooled = (model(attack(model, x, y)).argmax(1) != y).float().mean().item()
+        assert fooled == pytest.approx(1 - 0.8975 ** restarts, abs=0.025), restarts

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from advlib import config, defenses, models
-from advlib.defenses.purification import (Purified, gray_box_evaluation, kd_term, reconstruction_loss,
+from advlib.defenses.purification import (Purified, gray_box_evaluation, kd_components, kd_term,
+                                          reconstruction_loss,
                                           relativistic_loss, student_loss)
 
 PAPER_CAE = config.PROFILES["paper"]["purification"]["autoencoder"]
@@ -173,3 +174,94 @@ def test_gray_box_evaluation_crafts_on_the_classifier_and_scores_each_purifier()
     # the purifier lowers them to (0.2, 0.2, 0.5, 0.5) and every prediction is right again
     assert table["raise"] == {"no defence": 0.5, "ours": 1.0, "images": 4}
     assert attack.models == [classifier], "gray-box: x' is crafted on the classifier alone"
+
+
+class SpyTeacher(nn.Module):
+    """A teacher that returns its input unchanged and records every input it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return x
+
+
+def test_nt_teacher_is_given_the_clean_image_and_at_teacher_the_adversarial_one():
+    """Koo et al. Sec. 3.3: "the AT teacher model is given AEs ..., and the NT teacher model is given
+    pure images to restore them"; the profile default follows it."""
+    x, x_adv, y = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
+    assert all(config.PROFILES[p]["purification"]["nt_sees_clean"] for p in config.PROFILES)
+    at, nt = SpyTeacher(), SpyTeacher()
+    trainer = defenses.build("purifier-kd", teachers={"at": at, "nt": nt})
+    loss, _ = trainer(nn.Identity(), x, y, 0, x_adv)
+    assert [t.shape for t in at.inputs] == [x.shape] and torch.equal(at.inputs[0], x_adv)
+    assert len(nt.inputs) == 1 and torch.equal(nt.inputs[0], x)
+    # the loss is computed against those outputs: S = identity on x', T_AT(x') = x', T_NT(x) = x
+    expected = student_loss(x_adv, x, [x_adv, x])
+    assert loss.item() == pytest.approx(expected.item())
+
+    at, nt = SpyTeacher(), SpyTeacher()
+    literal = defenses.build("purifier-kd", teachers={"at": at, "nt": nt}, nt_sees_clean=False)
+    literal(nn.Identity(), x, y, 0, x_adv)
+    assert torch.equal(nt.inputs[0], x_adv) and torch.equal(at.inputs[0], x_adv)
+
+
+def test_student_trainer_rejects_unknown_teacher_names():
+    with pytest.raises(ValueError, match="'at' and 'nt'"):
+        defenses.build("purifier-kd", teachers={"robust": SpyTeacher()})
+
+
+class ScaledPurifier(nn.Module):
+    """P(x) = w · x with one trainable scalar: its gradient is easy to check."""
+
+    def __init__(self, w: float) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w * x
+
+
+def test_at_teacher_relativistic_term_reaches_the_purifier_through_the_classifier():
+    """L_AT = MSE(P(x'), x) + softplus(f(x')_y − f(P(x'))_y): the value and dL/dw, worked by hand for
+    P(x) = w·x and f = the first two pixels as logits. Detaching the relativistic term, or computing
+    it on x' instead of P(x'), changes the value or the gradient."""
+    x = torch.tensor([[[[0.2, 0.6]]], [[[0.5, 0.1]]]])
+    x_adv = torch.tensor([[[[0.3, 0.4]]], [[[0.4, 0.3]]]])
+    y = torch.tensor([0, 1])
+    w = 0.8
+    purifier = ScaledPurifier(w)
+    loss, logits = defenses.build("purifier-at", classifier=FirstPixelsAsLogits())(purifier, x, y, 0, x_adv)
+    loss.backward()
+
+    true_adv = torch.tensor([0.3, 0.3])          # f(x')_y: pixel y of x'
+    mse = ((w * x_adv - x) ** 2).mean()
+    relativistic = torch.nn.functional.softplus(true_adv - w * true_adv).mean()
+    # d/dw: MSE → mean(2 (w x' − x) x'); softplus(a − w a) → −a · σ(a − w a), averaged over the batch
+    grad_mse = (2 * (w * x_adv - x) * x_adv).mean()
+    grad_rel = (-true_adv * torch.sigmoid(true_adv - w * true_adv)).mean()
+    assert loss.item() == pytest.approx((mse + relativistic).item(), rel=1e-6)
+    assert purifier.w.grad.item() == pytest.approx((grad_mse + grad_rel).item(), rel=1e-5)
+    assert torch.allclose(logits, (w * x_adv).flatten(1)[:, :2])
+
+
+def test_pixel_space_kl_is_about_half_the_centred_mse():
+    """For a softmax over n pixels, KL(g(T) ‖ g(S)) ≈ ½ (1/n) Σ (d_i − d̄)² with d = T − S, so the KL
+    term of L_kd is of the same order as its MSE term, not negligible."""
+    torch.manual_seed(0)
+    student = torch.rand(8, 1, 8, 8)
+    teacher = (student + 0.05 * torch.randn_like(student) + 0.02).clamp(0, 1)
+    spy = SpyTeacher()
+    trainer = defenses.build("purifier-kd", teachers={"at": spy})
+    parts = trainer.kd_breakdown(nn.Identity(), torch.zeros_like(student), teacher)["at"]
+    # the identity student outputs x' = teacher, and T_AT = identity sees x' too: no difference at all
+    assert parts["kl"] == pytest.approx(0.0, abs=1e-7) and parts["mse"] == 0.0
+
+    kl, mse = kd_components(teacher, student)
+    d = (teacher - student).flatten(1)
+    centred = ((d - d.mean(1, keepdim=True)) ** 2).mean()
+    assert mse.item() == pytest.approx((d ** 2).mean().item())
+    assert kl.item() == pytest.approx(0.5 * centred.item(), rel=0.05)

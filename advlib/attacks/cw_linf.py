@@ -9,6 +9,7 @@ from . import ATTACKS
 from ._checks import check_eps, project_linf
 from .base import Attack
 from .bim import check_step_settings
+from .pgd import check_restarts, uniform_start, worst_case_over_restarts
 
 # The reference codes subtract this from the true logit before taking the max over wrong classes
 # (a one-hot mask times the logits would make the max 0 whenever every wrong logit is negative).
@@ -32,22 +33,28 @@ class CWLinf(Attack):
               \nabla_x [\max_{i\neq y} Z_i(x'_t) - Z_y(x'_t)]\big)
 
     from a uniform random start in the ball (``random_start``). Per example the result is the
-    first iterate that fools the model, else the last iterate.
+    first iterate that fools the model, else the last iterate; ``restarts`` runs are combined per
+    example by :func:`~advlib.attacks.pgd.worst_case_over_restarts` (SAAD's evaluation restarts it
+    10 times and keeps, per example, the restart with the highest cross-entropy, which for a fooled
+    example can be a run that did not fool it; ours keeps any run that fools).
     """
 
-    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 20, random_start: bool = True,
-                 *, seed: int = 0, model_mode: str = "eval") -> None:
+    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 20, restarts: int = 1,
+                 random_start: bool = True, *, seed: int = 0, model_mode: str = "eval") -> None:
         check_eps(eps)
         check_step_settings(alpha, steps)
+        check_restarts(restarts)
         super().__init__(seed=seed, model_mode=model_mode)
-        self.eps, self.alpha, self.steps, self.random_start = eps, alpha, steps, random_start
+        self.eps, self.alpha, self.steps = eps, alpha, steps
+        self.restarts, self.random_start = restarts, random_start
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
-        x_adv = x
-        if self.random_start:
-            noise = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=generator)
-            x_adv = project_linf(x + noise, x, self.eps)
+        return worst_case_over_restarts(lambda xs, ys: self._run(model, xs, ys, generator), model, x, y,
+                                        self.restarts)
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x_adv = uniform_start(x, self.eps, generator) if self.random_start else x
         best = x_adv.clone()
         fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         for _ in range(self.steps):

@@ -1,5 +1,5 @@
 """DYNAT, dynamic label adversarial training (seed 002: "Dynamic Label Adversarial Training for Deep
-Learning Robustness Against Adversarial Attacks", Sec. 3.2–3.4), and its TRADES/AWP variant.
+Learning Robustness Against Adversarial Attacks", Sec. 3.2–3.4), and its AWP variants.
 
 A guide G (clean-trained, weak) and a target S (adversarially trained) learn together from scratch
 under one optimiser. The target never sees the ground truth: its labels are the guide's current
@@ -50,12 +50,13 @@ def dynat_loss(guide_logits: torch.Tensor, target_logits_adv: torch.Tensor, labe
                                                                             dynamic_labels(guide_logits))
 
 
-def dynat_trades_loss(guide_logits: torch.Tensor, target_logits_clean: torch.Tensor,
-                      target_logits_adv: torch.Tensor, labels: torch.Tensor, label_weight: float = 0.2,
-                      beta: float = 1.0) -> torch.Tensor:
-    """The DYNAT-Inner-AWP outer loss of the authors' code (Table 1's last row, "TRADES parameter 1"):
-    CE(G(x), y) + 0.2 · CE(S(x'), argmax G(x)) + β · KL(S(x) ‖ S(x')), the KL as in TRADES
-    (:func:`~advlib.defenses.adversarial_training.kl_clean_adversarial`, batch mean)."""
+def dynat_awp_loss(guide_logits: torch.Tensor, target_logits_clean: torch.Tensor,
+                   target_logits_adv: torch.Tensor, labels: torch.Tensor, label_weight: float = 1.0,
+                   beta: float = 1.0) -> torch.Tensor:
+    """The outer loss of DYNAT's AWP variants (Sec. 3.4, Table 1): CE(G(x), y) + λ · CE(S(x'), argmax G(x))
+    + β · KL(S(x) ‖ S(x')), the KL as in TRADES
+    (:func:`~advlib.defenses.adversarial_training.kl_clean_adversarial`, batch mean, S(x) not
+    detached). λ = 1 on CIFAR-10 (Sec. 4.1); the authors' CIFAR-100 script uses 0.2."""
     return (dynat_loss(guide_logits, target_logits_adv, labels, label_weight)
             + beta * kl_clean_adversarial(target_logits_clean, target_logits_adv))
 
@@ -85,22 +86,42 @@ def _check_pair(model: nn.Module) -> GuideAndTarget:
     return model
 
 
+def _run_for_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
+    """A forward pass whose only effect is on BatchNorm's running statistics (train mode)."""
+    with torch.no_grad():
+        model(x)
+
+
 @DEFENSES.register("dynat")
 class DYNAT(EpochSeeded, LabelAgreement):
     """DYNAT (Sec. 3.2–3.4, Algorithm 1). Per batch: l = argmax G(x) from G's training forward pass;
     x' by ``steps`` signed-gradient steps on CE(S(x'), l) from x + 0.001·N(0, I) with S in
     ``bn_mode`` (eval in the authors' code) — the paper's inner optimisation (Eq. 7); then
     :func:`dynat_loss`. ``inner="ground_truth"`` crafts x' on CE(S(x'), y) instead (the ablation
-    without the inner optimisation). Returns S(x') as the training logits."""
+    without the inner optimisation). Returns S(x') as the training logits.
+
+    As in the authors' training step, S also runs on the clean batch in train mode after S(x')
+    (``target_clean_pass``): the loss does not use S(x), but the pass leaves the clean batch's
+    statistics as the last update of S's BatchNorm running averages, which evaluation uses. The
+    authors' guide also runs in train mode at every inner step, which moves only G's running
+    statistics (nothing in training reads them); we run G once per batch."""
 
     def __init__(self, eps: float = 0.031, alpha: float = 0.007, steps: int = 10, label_weight: float = 1.0,
-                 inner: str = "dynamic", bn_mode: str = "eval", seed: int = 0) -> None:
+                 inner: str = "dynamic", bn_mode: str = "eval", target_clean_pass: bool = True,
+                 seed: int = 0) -> None:
         if inner not in ("dynamic", "ground_truth"):
             raise ValueError(f"inner must be 'dynamic' or 'ground_truth', not {inner!r}")
         EpochSeeded.__init__(self, seed)
         LabelAgreement.__init__(self)
         self.eps, self.alpha, self.steps = eps, alpha, steps
         self.label_weight, self.inner, self.bn_mode = label_weight, inner, bn_mode
+        self.target_clean_pass = target_clean_pass
+
+    def craft_on_labels(self, target: nn.Module, x: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
+        """x' = argmax_{‖x' − x‖∞ ≤ ε} CE(S(x'), labels) by signed steps, S in ``bn_mode`` (Eq. 7)."""
+        with model_mode(target, self.bn_mode):
+            return maximize_linf(target, x, lambda logits: F.cross_entropy(logits, labels), eps=self.eps,
+                                 alpha=self.alpha, steps=self.steps, generator=self.generator(x.device, epoch))
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,45 +129,63 @@ class DYNAT(EpochSeeded, LabelAgreement):
         guide_logits = pair.guide(x)
         labels = dynamic_labels(guide_logits)
         self._count(labels, y)
-        inner_labels = labels if self.inner == "dynamic" else y
-        with model_mode(pair.target, self.bn_mode):
-            x_adv = maximize_linf(pair.target, x, lambda logits: F.cross_entropy(logits, inner_labels),
-                                  eps=self.eps, alpha=self.alpha, steps=self.steps,
-                                  generator=self.generator(x.device, epoch))
+        x_adv = self.craft_on_labels(pair.target, x, labels if self.inner == "dynamic" else y, epoch)
         target_logits_adv = pair.target(x_adv)
+        if self.target_clean_pass:
+            _run_for_batchnorm(pair.target, x)
         return dynat_loss(guide_logits, target_logits_adv, y, self.label_weight), target_logits_adv
 
 
-@DEFENSES.register("dynat_trades_awp")
-class DYNATTradesAWP(EpochSeeded, LabelAgreement, AdversarialWeightPerturbation):
-    """DYNAT-Inner-AWP as in the authors' code: x' maximises TRADES's KL(S(x) ‖ S(x')) (S in eval
-    mode); from epoch ``awp_from_epoch`` on (counted from 1) the target's weights are perturbed by
-    AWP (γ = 0.005) against CE(S(x), y) + 6·KL(S(x) ‖ S(x')), the reference AWP loss of TRADES-AWP;
-    then :func:`dynat_trades_loss` at the perturbed weights. Pass the trainer to ``fit`` as a
-    callback too, so the perturbation is removed after the optimiser's step."""
+@DEFENSES.register("dynat_awp")
+class DYNATAWP(DYNAT, AdversarialWeightPerturbation):
+    """DYNAT-AWP (Table 1; the authors' ``AWP_dynat.py``): x' maximises TRADES's KL(S(x) ‖ S(x'))
+    (summed, S in eval mode) — the released script's dynamic-label inner step is commented out;
+    from epoch ``awp_from_epoch`` on (counted from 1) the target's weights are perturbed by AWP
+    (γ = 0.005) against TRADES-AWP's loss CE(S(x), y) + 6 · KL(S(x) ‖ S(x')); then
+    :func:`dynat_awp_loss` (λ = ``label_weight``, β = ``beta``) at the perturbed weights.
+    ``inner="dynamic"`` is DYNAT-Inner-AWP (:class:`DYNATInnerAWP`). Pass the trainer to ``fit``
+    as a callback too, so the perturbation is removed after the optimiser's step."""
 
-    def __init__(self, eps: float = 0.031, alpha: float = 0.007, steps: int = 10, label_weight: float = 0.2,
+    def __init__(self, eps: float = 0.031, alpha: float = 0.007, steps: int = 10, label_weight: float = 1.0,
                  beta: float = 1.0, awp_gamma: float = 0.005, awp_from_epoch: int = 10, awp_beta: float = 6.0,
-                 bn_mode: str = "eval", seed: int = 0) -> None:
-        EpochSeeded.__init__(self, seed)
-        LabelAgreement.__init__(self)
+                 inner: str = "trades", bn_mode: str = "eval", seed: int = 0) -> None:
+        if inner not in ("trades", "dynamic"):
+            raise ValueError(f"DYNAT-AWP's inner step is 'trades' (DYNAT-AWP) or 'dynamic' "
+                             f"(DYNAT-Inner-AWP), not {inner!r}")
+        DYNAT.__init__(self, eps, alpha, steps, label_weight, "dynamic", bn_mode, False, seed)
         AdversarialWeightPerturbation.__init__(self, awp_gamma)
-        self.eps, self.alpha, self.steps, self.bn_mode = eps, alpha, steps, bn_mode
-        self.label_weight, self.beta, self.awp_from_epoch, self.awp_beta = label_weight, beta, awp_from_epoch, awp_beta
+        self.awp_inner, self.beta, self.awp_from_epoch, self.awp_beta = inner, beta, awp_from_epoch, awp_beta
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         pair = _check_pair(model)
-        x_adv = trades_adversarial(pair.target, x, eps=self.eps, alpha=self.alpha, steps=self.steps,
-                                   generator=self.generator(x.device, epoch), bn_mode=self.bn_mode)
+        guide_logits = pair.guide(x)
+        labels = dynamic_labels(guide_logits)
+        self._count(labels, y)
+        if self.awp_inner == "dynamic":
+            x_adv = self.craft_on_labels(pair.target, x, labels, epoch)
+        else:
+            x_adv = trades_adversarial(pair.target, x, eps=self.eps, alpha=self.alpha, steps=self.steps,
+                                       generator=self.generator(x.device, epoch), bn_mode=self.bn_mode)
         if epoch + 1 >= self.awp_from_epoch:
             self.perturb(pair.target, lambda: trades_loss(pair.target(x), pair.target(x_adv), y, self.awp_beta))
-        guide_logits = pair.guide(x)
-        self._count(dynamic_labels(guide_logits), y)
-        target_logits_clean, target_logits_adv = pair.target(x), pair.target(x_adv)
-        loss = dynat_trades_loss(guide_logits, target_logits_clean, target_logits_adv, y, self.label_weight,
-                                 self.beta)
+        # the authors' order: S(x') before S(x), so the clean batch is BatchNorm's last update
+        target_logits_adv = pair.target(x_adv)
+        target_logits_clean = pair.target(x)
+        loss = dynat_awp_loss(guide_logits, target_logits_clean, target_logits_adv, y, self.label_weight, self.beta)
         return loss, target_logits_adv
+
+
+@DEFENSES.register("dynat_inner_awp")
+class DYNATInnerAWP(DYNATAWP):
+    """DYNAT-Inner-AWP (Table 1's last row): :class:`DYNATAWP` whose inner step ascends
+    CE(S(x'), argmax G(x)) (Eq. 7) instead of TRADES's KL. The authors released no script for it
+    (their AWP script keeps this line commented out); it is the paper's description."""
+
+    def __init__(self, **options) -> None:
+        if options.pop("inner", "dynamic") != "dynamic":
+            raise ValueError("DYNAT-Inner-AWP's inner step is the dynamic-label one; use 'dynat_awp' for TRADES's")
+        super().__init__(**options, inner="dynamic")
 
 
 PAPER_COLUMNS = ("clean", "PGD-10", "PGD-20", "PGD-50", "CW", "AA")
