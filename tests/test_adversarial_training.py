@@ -383,7 +383,7 @@ def test_cw_linf_keeps_the_first_fooling_iterate():
 
 def test_paper_profile_has_the_issues_hyperparameters():
     spec = config.PROFILES["paper"]["adversarial_training"]
-    assert spec["train_attack"] == {"eps": 0.031, "alpha": 0.007, "steps": 10}
+    assert spec["train_attack"] == {"eps": 0.031, "alpha": 2 / 255, "steps": 10}  # Sec. 4.1
     assert spec["optimizer"] == {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4}
     assert spec["epochs"] == 100 and spec["batch_size"] == 128
     assert spec["target"]["arch"] == "wrn34_10" and spec["guide"]["arch"] == "resnet18_cifar"
