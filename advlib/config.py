@@ -39,6 +39,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             # one-cycle: linear warm-up over the first fifth, then linear decay to zero
             "schedule": {"interpolate": "linear", "points": [[0.0, 0.1], [0.2, 1.0], [1.0, 0.0]]},
         },
+        # Chapter 2: how many test images each attack sees (CW-L2 and AutoAttack on the first ones)
+        "attacks": {"eval_subset": 100, "cw_subset": 16, "autoattack_subset": 32, "autoattack_iterations": 100,
+                    "square_queries": 5000},
         "purification": {
             "autoencoder": {"width": 32, "blocks": 5, "skip_every": 2, "stride": 2},
             "train_subset": 5000, "batch_size": 128, "teacher_epochs": 4, "student_epochs": 4,
@@ -66,11 +69,12 @@ PROFILES: dict[str, dict[str, Any]] = {
             "averaging": None,
             "train_attack": {"eps": 0.1, "alpha": 0.04, "steps": 3},
             "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
-            "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 2},
+            "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_start": 0.25},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             "eval_attack": {"eps": 0.1, "alpha": 0.025},
             # AutoAttack costs ~1 CPU-second per robust image here: a few dozen images, as a check
-            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20, "cw_restarts": 1},
+            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20, "cw_restarts": 1,
+                           "autoattack_iterations": 100, "square_queries": 5000},
         },
         "distillation": {
             # Chapter 7: chapter 6's TRADES CNN (width 16) teaches a width-8 student on the same data
@@ -91,7 +95,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "igdm_weight_by_dataset": {"cifar100": 10.0},
             "averaging": {"kind": "swa", "start": 0.475, "every": "epoch"}, "average_baselines": False,
             "eval_attack": {"eps": 0.1, "alpha": 0.025},
-            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20, "cw_restarts": 1},
+            "evaluation": {"eval_subset": 200, "autoattack_subset": 32, "cw_steps": 20, "cw_restarts": 1,
+                           "autoattack_iterations": 100, "square_queries": 5000},
         },
     },
     "paper": {
@@ -105,6 +110,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False},
             "schedule": {"interpolate": "step", "points": [[0.0, 1.0], [0.5, 0.1], [0.75, 0.01]]},
         },
+        "attacks": {"eval_subset": 1000, "cw_subset": 200, "autoattack_subset": 1000, "autoattack_iterations": 100,
+                    "square_queries": 5000},
         "purification": {
             # Koo et al. 2023, Sec. 4.1: Adam, lr 0.01, batch 128, teachers 100 epochs, student 40.
             # The architecture's widths/strides and the training PGD's steps are not in the paper.
@@ -133,13 +140,15 @@ PROFILES: dict[str, dict[str, Any]] = {
             "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
             # DYNAT-AWP / DYNAT-Inner-AWP: λ = 1 on CIFAR-10 (Sec. 4.1); 0.2 in the authors' only AWP
             # script, which trains CIFAR-100
-            "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10},
+            # AWP from epoch 10 of 100: after 9 % of training (a fraction, so that it scales with epochs)
+            "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_start": 0.09},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             # the authors' evaluation script: ε 8/255, step 2/255, uniform random start, 1 restart;
             # CW-∞ 20 steps; AutoAttack on the first 1000 test images. (Its PGD also freezes each
             # image once fooled; ours returns the last iterate, as Madry et al.'s PGD does.)
             "eval_attack": {"eps": 8 / 255, "alpha": 2 / 255},
-            "evaluation": {"eval_subset": None, "autoattack_subset": 1000, "cw_steps": 20, "cw_restarts": 1},
+            "evaluation": {"eval_subset": None, "autoattack_subset": 1000, "cw_steps": 20, "cw_restarts": 1,
+                           "autoattack_iterations": 100, "square_queries": 5000},
         },
         "distillation": {
             # Seed 001 and the authors' code (notes §2): ResNet-18 student (``mobilenetv2`` the other),
@@ -163,9 +172,36 @@ PROFILES: dict[str, dict[str, Any]] = {
             "igdm_weight_by_dataset": {"cifar100": 10.0},
             "averaging": {"kind": "swa", "start": 0.475, "every": "epoch"}, "average_baselines": False,
             "eval_attack": {"eps": 8 / 255, "alpha": 2 / 255},
-            "evaluation": {"eval_subset": None, "autoattack_subset": None, "cw_steps": 50, "cw_restarts": 10},
+            "evaluation": {"eval_subset": None, "autoattack_subset": None, "cw_steps": 50, "cw_restarts": 10,
+                           "autoattack_iterations": 100, "square_queries": 5000},
         },
     },
+}
+
+# CI's paper smoke run (``make paper-smoke``): the paper profile with only its *sizes* cut, so that
+# every chapter runs on two CPU cores in minutes on small synthetic CIFAR-format data. Architectures,
+# losses, optimisers, schedules (fractions of training), training attacks and evaluation attacks
+# stay the paper profile's; what changes is epochs, training/held-out/evaluation subsets, batch
+# sizes, and the iteration/query counts of the evaluation attacks.
+PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
+    "eval_subset": 48,
+    "attacks.eval_subset": 48, "attacks.cw_subset": 8, "attacks.autoattack_subset": 16,
+    "attacks.autoattack_iterations": 5, "attacks.square_queries": 20,
+    "classifier.epochs": 3, "classifier.train_subset": 1024, "classifier.holdout": 64,
+    "classifier.batch_size": 64,
+    "purification.train_subset": 192, "purification.batch_size": 16, "purification.teacher_epochs": 1,
+    "purification.student_epochs": 1, "purification.eval_subset": 24, "purification.autoattack_subset": 8,
+    # WRN-34-10 takes about a second per forward+backward pass of 4 images on two CPU cores
+    "adversarial_training.train_subset": 4, "adversarial_training.holdout": 2,
+    "adversarial_training.batch_size": 2, "adversarial_training.epochs": 1,
+    "adversarial_training.evaluation.eval_subset": 4, "adversarial_training.evaluation.autoattack_subset": 2,
+    "adversarial_training.evaluation.cw_steps": 5, "adversarial_training.evaluation.autoattack_iterations": 5,
+    "adversarial_training.evaluation.square_queries": 20,
+    "distillation.train_subset": 4, "distillation.holdout": 2, "distillation.batch_size": 2,
+    "distillation.epochs": 2,
+    "distillation.evaluation.eval_subset": 4, "distillation.evaluation.autoattack_subset": 2,
+    "distillation.evaluation.cw_steps": 5, "distillation.evaluation.cw_restarts": 2,
+    "distillation.evaluation.autoattack_iterations": 5, "distillation.evaluation.square_queries": 20,
 }
 
 # The paper's evaluation attacks (Koo et al. 2023, Sec. 4.1); the same in both profiles.
@@ -233,18 +269,22 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Run:
-    """What a notebook runs under: profile, dataset, device, seed and the resolved configuration."""
+    """What a notebook runs under: profile, dataset, device, seed and the resolved configuration;
+    ``smoke`` marks the paper profile cut to CI size (:data:`PAPER_SMOKE_OVERRIDES`)."""
 
     profile: str
     dataset: str
     device: torch.device
     seed: int
     config: dict[str, Any]
+    smoke: bool = False
     started: float = field(default_factory=time.time)
 
     @property
     def results_dir(self) -> Path:
-        return paths.results_dir(self.profile, self.dataset)
+        """``<home>/results/<profile>-<dataset>/`` (``<profile>-smoke-<dataset>`` for a smoke run, so
+        that it never overwrites a real run's tables)."""
+        return paths.results_dir(f"{self.profile}-smoke" if self.smoke else self.profile, self.dataset)
 
     def banner(self) -> str:
         import torchvision
@@ -252,12 +292,16 @@ class Run:
         from . import __version__
 
         gpu = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
-        return "\n".join([
+        lines = [
             f"advlib {__version__} | profile {self.profile!r}: {self.config['description']}",
             f"dataset {self.dataset} | device {self.device}{gpu} | seed {self.seed}",
             f"python {platform.python_version()} | torch {torch.__version__} | torchvision {torchvision.__version__}"
             f" | started {time.strftime('%Y-%m-%d %H:%M:%S')}",
-        ])
+        ]
+        if self.smoke:
+            lines += ["SMOKE RUN: the paper profile with only these sizes cut (its numbers mean nothing):",
+                      *smoke_override_lines()]
+        return "\n".join(lines)
 
     def save_results(self, name: str, table: Any) -> Path:
         """Write ``table`` (JSON-serialisable) to ``<results_dir>/<name>.json`` atomically, with the
@@ -275,15 +319,28 @@ class Run:
         print(f"profile {self.profile!r} on {self.device}: {int(minutes)} min {seconds:.0f} s wall time")
 
 
+def smoke_override_lines() -> list[str]:
+    """:data:`PAPER_SMOKE_OVERRIDES`, one line per profile section: ``  section: key=value, ...``."""
+    sections: dict[str, list[str]] = {}
+    for dotted, value in PAPER_SMOKE_OVERRIDES.items():
+        section, _, key = dotted.rpartition(".")
+        sections.setdefault(section or "(top level)", []).append(f"{key}={value}")
+    return [f"  {section}: {', '.join(items)}" for section, items in sections.items()]
+
+
 def setup(profile: str = "quick", dataset: str | None = None, device: str = "auto", seed: int = 0,
-          overrides: dict[str, Any] | None = None, quiet: bool = False) -> Run:
-    """Resolve a notebook's parameters into a :class:`Run`, seed every RNG and print the banner."""
+          overrides: dict[str, Any] | None = None, quiet: bool = False, smoke: bool = False) -> Run:
+    """Resolve a notebook's parameters into a :class:`Run`, seed every RNG and print the banner.
+    ``smoke=True`` (the paper profile only) applies :data:`PAPER_SMOKE_OVERRIDES` before
+    ``overrides``."""
     from .data import info
 
-    config = profile_config(profile, overrides)
+    if smoke and profile != "paper":
+        raise ValueError(f"smoke=True cuts the paper profile to CI size; profile {profile!r} is already small")
+    config = profile_config(profile, {**(PAPER_SMOKE_OVERRIDES if smoke else {}), **(overrides or {})})
     dataset_name = info(dataset or config["dataset"]).name
     config["dataset"] = dataset_name
-    run = Run(profile, dataset_name, resolve_device(device), int(seed), config)
+    run = Run(profile, dataset_name, resolve_device(device), int(seed), config, bool(smoke))
     seed_everything(run.seed)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True

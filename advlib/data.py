@@ -188,6 +188,50 @@ def read_cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray
     return data.reshape(-1, 3, 32, 32), np.asarray(batch[label_key], dtype=np.int64)
 
 
+def write_cifar_files(root: Path, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write ``splits`` (``{"train": (images, labels), "test": (...)}``, images uint8 (N, 3, 32, 32))
+    as the "python version" of CIFAR-10/100: pickled dictionaries with ``data`` rows of R, G, B planes,
+    split over the archive's files (five training batches for CIFAR-10). Returns the folder."""
+    folder_name, files, label_key = _CIFAR_LAYOUT[name]
+    folder = Path(root) / folder_name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in splits.items():
+        chunks = np.array_split(np.arange(len(labels)), len(files[split]))
+        for file, index in zip(files[split], chunks):
+            batch = {"batch_label": f"{file} (synthetic)", "data": images[index].reshape(len(index), -1),
+                     label_key: [int(label) for label in labels[index]],
+                     "filenames": [f"synthetic_{i}.png" for i in index]}
+            with open(folder / file, "wb") as f:
+                pickle.dump(batch, f, protocol=2)
+    return folder
+
+
+def synthetic_images(n: int, num_classes: int, seed: int = 0, noise: float = 0.3
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` learnable CIFAR-shaped images: each class has a fixed random colour, and every image is
+    its class's colour plus uniform pixel noise of amplitude ``noise``. A colour survives random
+    crops and flips, and averaging over the image removes the noise, so the classes are easy to
+    learn; the colours lie in [0.4, 0.6]³, close enough that a shift of 16/255 in every pixel
+    crosses from one class to another, as on real images an undefended model's boundary is within
+    reach of PGD. Colours depend only on ``num_classes``, so a training and a test set drawn with
+    different seeds share them. Used by CI's paper smoke run and the tests, where CIFAR cannot be
+    downloaded."""
+    colours = np.random.default_rng(num_classes).uniform(0.4, 0.6, size=(num_classes, 3, 1, 1))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, size=n)
+    images = colours[labels] + rng.uniform(-noise, noise, size=(n, 3, 32, 32))
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8), labels.astype(np.int64)
+
+
+def write_synthetic_cifar(root: Path, name: str, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Write a synthetic stand-in for ``name`` ("cifar10" or "cifar100") in the real on-disk format
+    under ``root`` (:func:`synthetic_images`, :func:`write_cifar_files`); ``advlib.data.load`` reads it
+    like the real dataset."""
+    classes = info(name).num_classes
+    return write_cifar_files(root, info(name).name, {"train": synthetic_images(n_train, classes, seed),
+                                                     "test": synthetic_images(n_test, classes, seed + 1)})
+
+
 def _cifar(meta: DatasetInfo, split: str, root: Path, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     folder_name, files, label_key = _CIFAR_LAYOUT[meta.name]
     folder = root / folder_name

@@ -71,10 +71,21 @@ def confusion_heatmap(confusion: torch.Tensor, classes: Sequence[str], normalize
     return fig
 
 
+def nothing_to_show(reason: str) -> plt.Figure:
+    """A small figure that says why it is empty (e.g. no image was fooled), where a grid of images
+    would have had no rows."""
+    fig, ax = plt.subplots(figsize=(5.4, 0.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, reason, ha="center", va="center", fontsize=9, color="grey")
+    return fig
+
+
 def image_rows(rows: dict[str, torch.Tensor], titles: Sequence[str] | None = None) -> plt.Figure:
     """One row of images per entry of ``rows`` (label → (N, C, H, W) batch), e.g. the purification
     paper's Figure 5: original, adversarial and purified images."""
     n = min(len(images) for images in rows.values())
+    if n == 0:
+        return nothing_to_show("no images to show")
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.85 + 1.2, len(rows) * 0.95), squeeze=False)
     for r, (label, images) in enumerate(rows.items()):
         for c in range(n):
@@ -140,6 +151,8 @@ def triptych(model: torch.nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: to
              classes: Sequence[str], amplify: float = 10.0, title: str | None = None) -> plt.Figure:
     """One row per image: the clean image, the adversarial image (each titled with the model's
     prediction and confidence, red when wrong) and the perturbation ×``amplify`` around grey."""
+    if len(x) == 0:
+        return nothing_to_show(f"{title or 'this attack'}: no image to show (none was fooled)")
     clean_pred, clean_conf = _predictions(model, x)
     adv_pred, adv_conf = _predictions(model, x_adv)
     y = y.cpu()
@@ -186,9 +199,14 @@ def accuracy_vs_eps(curves: dict[str, dict[float, float]], clean_accuracy: float
 
 def eps_sweep_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str],
                    attacks: dict[str, Any], eps_values: Sequence[float]) -> plt.Figure:
-    """One image attacked at every ε in ``eps_values`` (columns) by every attack (rows), each cell
-    titled with the prediction (red when wrong). ``attacks`` maps a row name to a function of ε
-    that returns an attack, e.g. ``{"PGD": lambda eps: build("pgd", eps=eps)}``. ``x``: (1, C, H, W)."""
+    """The image of ``x`` (N, C, H, W) that ``model`` classifies most confidently, attacked at every ε
+    in ``eps_values`` (columns) by every attack (rows), each cell titled with the prediction (red
+    when wrong). ``attacks`` maps a row name to a function of ε that returns an attack, e.g.
+    ``{"PGD": lambda eps: build("pgd", eps=eps)}``."""
+    if len(x) == 0:
+        return nothing_to_show("no correctly classified image to attack")
+    most_confident = _predictions(model, x)[1].argmax().item()
+    x, y = x[most_confident:most_confident + 1], y[most_confident:most_confident + 1]
     fig, axes = plt.subplots(len(attacks), len(eps_values), squeeze=False,
                              figsize=(1.35 * len(eps_values) + 0.6, 1.55 * len(attacks)))
     for row, (name, make_attack) in enumerate(attacks.items()):

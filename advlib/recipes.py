@@ -200,6 +200,7 @@ def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
         if recipe.section == "dynat_awp":
             by_dataset = spec["dynat_awp_label_weight_by_dataset"]
             options["label_weight"] = by_dataset.get(run.dataset, options["label_weight"])
+            options["awp_from_epoch"] = round(options.pop("awp_start") * spec["epochs"]) + 1
         config["trainer_options"] = options
     if recipe.trainer.startswith("dynat"):
         config["guide"] = spec["guide"]
@@ -274,17 +275,18 @@ AT_COLUMNS = defenses.dynat.PAPER_COLUMNS
 
 
 def _robustness_row(run: Run, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                    named_attacks: dict[str, Any], eps: float, autoattack_subset: int | None,
+                    named_attacks: dict[str, Any], eps: float, evaluation: dict[str, Any],
                     transfer_to: nn.Module | None = None) -> dict[str, float]:
-    """Accuracy clean and under each of ``named_attacks`` on its own, and under AutoAttack (standard)
-    on the first ``autoattack_subset`` images together with PGD-20 on those same images (the check
-    AA ≤ PGD-20); ``named_attacks`` must hold ``"PGD-20"``. With ``transfer_to``, also the
-    ``"transfer"`` of the PGD-20 examples to that model
+    """Accuracy clean and under each of ``named_attacks`` on its own, and under AutoAttack (standard,
+    with the ``evaluation`` section's budgets) on the first ``autoattack_subset`` images together
+    with PGD-20 on those same images (the check AA ≤ PGD-20); ``named_attacks`` must hold
+    ``"PGD-20"``. With ``transfer_to``, also the ``"transfer"`` of the PGD-20 examples to that model
     (:func:`~advlib.defenses.distillation.transfer_rate`)."""
     keep = ("PGD-20",) if transfer_to is not None else ()
     report = attacks.evaluate.robust_accuracy(model, x, y, named_attacks, cascade=False, keep_adversarial=keep)
-    n_aa = min(autoattack_subset or len(x), len(x))
-    aa = attacks.build("autoattack", eps=eps, version="standard", seed=run.seed)
+    n_aa = min(evaluation["autoattack_subset"] or len(x), len(x))
+    aa = attacks.build("autoattack", eps=eps, version="standard", iterations=evaluation["autoattack_iterations"],
+                       square_queries=evaluation["square_queries"], seed=run.seed)
     aa_report = attacks.evaluate.robust_accuracy(model, x[:n_aa], y[:n_aa], {"AA": aa})
     # without cascading, PGD-20's per-image outcomes on the first n_aa images are already known
     pgd20_on_aa_images = report.per_attack["PGD-20"][:n_aa].float().mean().item()
@@ -322,7 +324,7 @@ def at_evaluation(run: Run, method: str) -> dict[str, Any]:
                  for steps in (10, 20, 50)}
         named["CW"] = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
                                     restarts=evaluation["cw_restarts"], seed=run.seed)
-        row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"])
+        row = _robustness_row(run, model, x, y, named, eps, evaluation)
         return {key: torch.tensor(float(value)) for key, value in row.items()}
 
     stored = cache.load_or_compute("at-evaluation", config, compute)
@@ -473,7 +475,7 @@ def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
                  "PGD-20": attacks.build("pgd", eps=eps, alpha=alpha, steps=20, seed=run.seed),
                  "CW": attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
                                      restarts=evaluation["cw_restarts"], seed=run.seed)}
-        row = _robustness_row(run, model, x, y, named, eps, evaluation["autoattack_subset"],
+        row = _robustness_row(run, model, x, y, named, eps, evaluation,
                               transfer_to=None if method == "teacher" else teacher)
         return {key: torch.tensor(float(value)) for key, value in row.items()}
 

@@ -4,6 +4,15 @@ The sources are never modified: notebooks execute into ``_build/book/notebooks/`
 of ``_config.yml``, ``_toc.yml`` and ``book/``, and Jupyter Book (``execute_notebooks: "off"``)
 renders that copy into ``_build/html``. The build fails if a notebook raised, or if any code cell
 was left unexecuted.
+
+``--chapters 06 08`` executes only those chapters (earlier executed chapters stay in the stage; the
+HTML is built once every chapter is there), so several GPUs can each take chapters. The quick
+profile gives each cell ``--timeout`` seconds (30 minutes by default); the paper profile, whose
+trainings take hours to days per cell, has no cell timeout unless one is asked for.
+
+``--smoke`` executes every chapter in the paper profile cut to CI size
+(:data:`advlib.config.PAPER_SMOKE_OVERRIDES`) on synthetic CIFAR-format data, in a home of its own
+(``_build/paper-smoke/``: data, cache, results and executed notebooks), and builds no HTML.
 """
 from __future__ import annotations
 
@@ -19,7 +28,10 @@ import nbformat
 import papermill
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGE = ROOT / "_build" / "book"
+QUICK_TIMEOUT = 1800
+# The smoke run's synthetic CIFAR stand-ins: enough training images for the largest smoke subset
+# (the classifier's) and a test set the size of the largest evaluation subset.
+SMOKE_DATA = {"n_train": 1200, "n_test": 64}
 
 
 def unexecuted_cells(path: Path) -> list[int]:
@@ -44,45 +56,91 @@ def hide_injected_parameters(path: Path) -> None:
     nbformat.write(notebook, path)
 
 
-def execute(notebook: Path, profile: str, timeout: int) -> Path:
-    target = STAGE / "notebooks" / notebook.name
+def execute(notebook: Path, target: Path, parameters: dict, timeout: int | None) -> None:
     started = time.time()
-    print(f"executing {notebook.relative_to(ROOT)} (profile {profile})", flush=True)
-    papermill.execute_notebook(str(notebook), str(target), parameters={"profile": profile}, kernel_name="python3",
+    print(f"executing {notebook.relative_to(ROOT)} ({', '.join(f'{k}={v}' for k, v in parameters.items())})",
+          flush=True)
+    papermill.execute_notebook(str(notebook), str(target), parameters=parameters, kernel_name="python3",
                                cwd=str(target.parent), execution_timeout=timeout, progress_bar=False)
     hide_injected_parameters(target)
     bad = unexecuted_cells(target)
     if bad:
-        raise SystemExit(f"{notebook.name}: code cells {bad} did not execute cleanly")
+        raise SystemExit(f"{notebook.name}: code cells {bad} did not execute cleanly (see {target})")
     print(f"  done in {time.time() - started:.0f} s", flush=True)
-    return target
+
+
+def names_chapter(notebook: Path, chapter: str) -> bool:
+    """``chapter`` is the notebook's number (``6`` or ``06``), its stem or its file name."""
+    return chapter in (notebook.name, notebook.stem) or notebook.name.split("_")[0] == chapter.zfill(2)
+
+
+def select(notebooks: list[Path], chapters: list[str] | None) -> list[Path]:
+    """The notebooks named by ``chapters``, in book order; all of them without ``chapters``."""
+    if not chapters:
+        return notebooks
+    unknown = [c for c in chapters if not any(names_chapter(nb, c) for nb in notebooks)]
+    if unknown:
+        raise SystemExit(f"no chapter {', '.join(unknown)}; chapters: {', '.join(nb.stem for nb in notebooks)}")
+    return [nb for nb in notebooks if any(names_chapter(nb, c) for c in chapters)]
+
+
+def prepare_smoke_home() -> Path:
+    """``_build/paper-smoke/`` as advlib's home, with synthetic CIFAR-10 and CIFAR-100 written in the
+    archives' on-disk format into its data folder (no network)."""
+    from advlib import data
+
+    home = ROOT / "_build" / "paper-smoke"
+    os.environ["ADVLIB_HOME"] = str(home)
+    os.environ.pop("ADVLIB_DATA", None)
+    for name in ("cifar10", "cifar100"):
+        data.write_synthetic_cifar(home / "data", name, **SMOKE_DATA)
+    return home
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", choices=["quick", "paper"])
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds allowed per cell")
-    parser.add_argument("--only", nargs="*", help="execute only these notebooks (by file name)")
+    parser.add_argument("--smoke", action="store_true", help="the paper profile cut to CI size, no HTML")
+    parser.add_argument("--timeout", type=int, default=None,
+                        help=f"seconds allowed per cell (default: {QUICK_TIMEOUT} in the quick profile, none otherwise)")
+    parser.add_argument("--chapters", nargs="*", help="execute only these chapters, e.g. 06 08")
     args = parser.parse_args()
 
     os.environ["ADVLIB_PROGRESS"] = "0"  # progress bars are noise in a rendered page
-    if STAGE.exists():
-        shutil.rmtree(STAGE)
-    (STAGE / "notebooks").mkdir(parents=True)
-    for name in ("_config.yml", "_toc.yml"):
-        shutil.copy2(ROOT / name, STAGE / name)
-    shutil.copytree(ROOT / "book", STAGE / "book", ignore=shutil.ignore_patterns("build.py", "__pycache__"))
-
+    parameters: dict = {"profile": args.profile}
+    if args.smoke:
+        parameters = {"profile": "paper", "smoke": True}
+        stage = prepare_smoke_home() / "notebooks"
+    else:
+        stage = ROOT / "_build" / "book"
+    timeout = args.timeout if args.timeout is not None else (QUICK_TIMEOUT if args.profile == "quick" and not
+                                                              args.smoke else None)
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if args.only:
-        notebooks = [nb for nb in notebooks if nb.name in args.only or nb.stem in args.only]
-    for notebook in notebooks:
-        execute(notebook, args.profile, args.timeout)
+    chosen = select(notebooks, args.chapters)
+    if stage.exists() and not args.chapters:
+        shutil.rmtree(stage)
+    executed = stage if args.smoke else stage / "notebooks"
+    executed.mkdir(parents=True, exist_ok=True)
+    if not args.smoke:
+        for name in ("_config.yml", "_toc.yml"):
+            shutil.copy2(ROOT / name, stage / name)
+        shutil.rmtree(stage / "book", ignore_errors=True)
+        shutil.copytree(ROOT / "book", stage / "book", ignore=shutil.ignore_patterns("build.py", "__pycache__"))
 
+    started = time.time()
+    for notebook in chosen:
+        execute(notebook, executed / notebook.name, parameters, timeout)
+    print(f"executed {len(chosen)} chapter(s) in {time.time() - started:.0f} s", flush=True)
+    if args.smoke:
+        return
+    missing = [nb.name for nb in notebooks if not (executed / nb.name).is_file()]
+    if missing:
+        print(f"not building the HTML yet: chapters {', '.join(missing)} have not been executed in this stage")
+        return
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    subprocess.run([str(jupyter_book), "build", str(STAGE), "--path-output", str(ROOT), "--warningiserror",
+    subprocess.run([str(jupyter_book), "build", str(stage), "--path-output", str(ROOT), "--warningiserror",
                     "--keep-going"], check=True)
-    print(f"\nThe book is at {ROOT / '_build' / 'html' / 'index.html'}")
+    print(f"\nThe book is at {(ROOT / '_build' / 'html' / 'index.html').relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -388,7 +388,9 @@ def test_paper_profile_has_the_issues_hyperparameters():
     assert spec["epochs"] == 100 and spec["batch_size"] == 128
     assert spec["target"]["arch"] == "wrn34_10" and spec["guide"]["arch"] == "resnet18_cifar"
     assert spec["trades"]["beta"] == 6.0
-    assert spec["dynat_awp"] == {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_from_epoch": 10}
+    assert spec["dynat_awp"] == {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_start": 0.09}
+    run = config.setup("paper", device="cpu", quiet=True)
+    assert recipes.adversarial_training_config(run, "dynat_awp")["trainer_options"]["awp_from_epoch"] == 10
     # the authors' evaluation: ε 8/255 and step 2/255 (the step 0.003 could not cross the ball in 10 steps)
     assert spec["eval_attack"] == {"eps": 8 / 255, "alpha": 2 / 255}
     assert spec["evaluation"]["cw_steps"] == 20 and spec["evaluation"]["autoattack_subset"] == 1000
@@ -414,10 +416,10 @@ def test_one_step_of_each_trainer_at_paper_size(paper_size_models, name):
     spec = config.PROFILES["paper"]["adversarial_training"]
     target = paper_size_models["target"]
     model = GuideAndTarget(paper_size_models["guide"], target) if name.startswith("dynat") else target
-    section = recipes.AT_METHODS[name].section
-    options = {} if section is None else {**spec["train_attack"], "steps": 1, **spec[section]}
-    if section == "dynat_awp":
-        options["awp_from_epoch"] = 1
+    run = config.setup("paper", device="cpu", quiet=True)
+    options = recipes.adversarial_training_config(run, name).get("trainer_options", {})
+    if options:
+        options = {**options, "steps": 1, **({"awp_from_epoch": 1} if "awp_from_epoch" in options else {})}
     trainer = defenses.build(name, **options)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)

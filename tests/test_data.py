@@ -13,46 +13,46 @@ import torch
 from advlib import data
 
 
-def write_cifar(root: Path, name: str, n_train_per_batch: int = 4, n_test: int = 6, seed: int = 0) -> dict:
-    """Write tiny CIFAR-10/100 'python version' files: pickled dicts as in the original archives."""
-    rng = np.random.default_rng(seed)
-    folder, train_files, test_files, label_key, n_classes = {
-        "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
-        "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
-    }[name]
-    (root / folder).mkdir(parents=True)
-    written = {}
-    for split, files in (("train", train_files), ("test", test_files)):
-        images, labels = [], []
-        for file in files:
-            n = n_test if split == "test" else n_train_per_batch
-            rows = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-            batch_labels = rng.integers(0, n_classes, size=n).tolist()
-            batch = {"batch_label": f"{file} of tiny test set", "data": rows, label_key: batch_labels,
-                     "filenames": [f"img_{i}.png" for i in range(n)]}
-            with open(root / folder / file, "wb") as f:
-                pickle.dump(batch, f, protocol=2)
-            images.append(rows)
-            labels += batch_labels
-        written[split] = (np.concatenate(images), np.array(labels))
-    return written
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_on_disk_format(tmp_path, name):
-    written = write_cifar(tmp_path, name)
+    """The writer the paper smoke run uses produces the archives' format, and the reader reads it."""
+    classes = 10 if name == "cifar10" else 100
+    rng = np.random.default_rng(0)
+    written = {split: (rng.integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8), rng.integers(0, classes, size=n))
+               for split, n in (("train", 20), ("test", 6))}
+    folder = data.write_cifar_files(tmp_path, name, written)
+    expected_files = ([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if name == "cifar10"
+                      else ["train", "test"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(expected_files)
+    with open(folder / expected_files[0], "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    images = written["train"][0]
+    # A row stores the red plane, then green, then blue, each row-major; labels are a list of ints.
+    assert raw["data"].shape[1] == 3072 and raw["data"].dtype == np.uint8
+    assert raw["data"][0, 1] == images[0, 0, 0, 1] and raw["data"][0, 32] == images[0, 0, 1, 0]
+    assert raw["data"][0, 1024] == images[0, 1, 0, 0] and raw["data"][0, 3071] == images[0, 2, 31, 31]
+    assert isinstance(raw[label_key], list) and isinstance(raw[label_key][0], int)
     for split in ("train", "test"):
         loaded = data.load(name, split, root=tmp_path, download=False)
-        rows, labels = written[split]
-        assert loaded.images.dtype == torch.uint8 and loaded.images.shape == (len(rows), 3, 32, 32)
-        # A row stores the red plane, then green, then blue, each row-major.
-        assert loaded.images[0, 0, 0, 0] == rows[0, 0]
-        assert loaded.images[0, 0, 0, 1] == rows[0, 1]
-        assert loaded.images[0, 0, 1, 0] == rows[0, 32]
-        assert loaded.images[0, 1, 0, 0] == rows[0, 1024]
-        assert loaded.images[-1, 2, 31, 31] == rows[-1, 3071]
+        images, labels = written[split]
+        assert loaded.images.dtype == torch.uint8 and torch.equal(loaded.images, torch.from_numpy(images))
         assert torch.equal(loaded.labels, torch.from_numpy(labels))
-        assert loaded.info.in_channels == 3 and loaded.info.num_classes == (10 if name == "cifar10" else 100)
+        assert loaded.info.in_channels == 3 and loaded.info.num_classes == classes
+
+
+def test_synthetic_cifar_is_learnable_and_shares_patterns_across_splits(tmp_path):
+    """The smoke data must be learnable (chapter 2 checks that PGD breaks a model that learned
+    something): the nearest class pattern, estimated on the training split, labels the test split."""
+    data.write_synthetic_cifar(tmp_path, "cifar10", n_train=500, n_test=200, seed=3)
+    train = data.load("cifar10", "train", root=tmp_path, download=False)
+    test = data.load("cifar10", "test", root=tmp_path, download=False)
+    x_train, y_train = train.tensors()
+    centroids = torch.stack([x_train[y_train == k].mean(0) for k in range(10)])
+    x_test, y_test = test.tensors()
+    nearest = torch.cdist(x_test.flatten(1), centroids.flatten(1)).argmin(1)
+    assert (nearest == y_test).float().mean() > 0.95
+    assert set(y_test.tolist()) == set(range(10))
 
 
 def test_cifar_missing_offline_names_place_and_fix(tmp_path):

@@ -48,10 +48,21 @@ def test_first_code_cell_is_the_only_parameters_cell(path):
     code = [c for c in notebook.cells if c.cell_type == "code"]
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0]
-    for name in ("profile", "dataset", "device", "seed"):
+    for name in ("profile", "dataset", "device", "seed", "smoke"):
         assert f"{name} =" in tagged[0].source
-    assert 'profile = "quick"' in tagged[0].source
+    assert 'profile = "quick"' in tagged[0].source and "smoke = False" in tagged[0].source
+    assert "smoke=smoke" in code[1].source, "the set-up cell passes every parameter to advlib.setup"
     assert "run.finish()" in code[-1].source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_chapter_branches_on_the_profile_name(path):
+    """Profiles differ in their settings; a chapter reads sizes from ``run.config`` and never asks
+    which profile it runs in (the smoke run would take the wrong branch)."""
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert 'profile == "quick"' not in cell.source and "profile == 'quick'" not in cell.source
 
 
 def test_table_of_contents_lists_every_notebook():

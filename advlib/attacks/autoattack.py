@@ -48,11 +48,14 @@ class AutoAttack(Attack):
 
     ``batch_size`` of :meth:`run` bounds how many examples one attack call sees; ``max_batch`` how
     many (example, target) rows APGD-T and FAB-T put in one forward pass (default: by device).
+    ``iterations`` (100) and ``square_queries`` (5000) are the reference's budgets; only a smoke
+    test has a reason to cut them.
     """
 
     def __init__(self, eps: float = 8 / 255, *, norm: str = "Linf", version: str = "standard",
-                 n_target_classes: int = 9, verbose: bool = False, max_batch: int | None = None,
-                 seed: int = 0, model_mode: str = "eval") -> None:
+                 n_target_classes: int = 9, iterations: int = 100, square_queries: int = 5000,
+                 verbose: bool = False, max_batch: int | None = None, seed: int = 0,
+                 model_mode: str = "eval") -> None:
         check_eps(eps)
         check_norm(norm)
         if version not in VERSIONS:
@@ -60,21 +63,22 @@ class AutoAttack(Attack):
         if version == "standard" and norm != "Linf":
             raise ValueError("the standard version needs FAB-T and Square, implemented here in L∞ only; "
                              "use norm='Linf'")
-        _check_positive_ints(n_target_classes=n_target_classes)
+        _check_positive_ints(n_target_classes=n_target_classes, iterations=iterations, square_queries=square_queries)
         super().__init__(seed=seed, model_mode=model_mode)
         self.eps, self.norm, self.version, self.verbose = eps, norm, version, verbose
         self.n_target_classes, self.max_batch = n_target_classes, max_batch
+        self.iterations, self.square_queries = iterations, square_queries
 
     def attacks(self) -> dict[str, Attack]:
         """The ensemble, in order, with the reference's settings for this version."""
-        common = {"eps": self.eps, "max_batch": self.max_batch}
+        common = {"eps": self.eps, "max_batch": self.max_batch, "n_iter": self.iterations}
         if self.version == "rand":
             return {"apgd-ce": APGD(norm=self.norm, loss="ce", eot_iter=20, **common),
                     "apgd-dlr": APGD(norm=self.norm, loss="dlr", eot_iter=20, **common)}
         return {"apgd-ce": APGD(norm=self.norm, loss="ce", n_restarts=1, **common),
                 "apgd-t": APGDTargeted(norm=self.norm, n_target_classes=self.n_target_classes, **common),
                 "fab-t": FABTargeted(n_target_classes=self.n_target_classes, **common),
-                "square": Square(eps=self.eps, n_queries=5000, p_init=0.8)}
+                "square": Square(eps=self.eps, n_queries=self.square_queries, p_init=0.8)}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:

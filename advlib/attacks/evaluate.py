@@ -45,11 +45,13 @@ class RobustnessReport:
 
     @property
     def accuracies(self) -> dict[str, float]:
-        """``{"clean": …, <attack>: …, "worst case": …}`` as fractions of all examples."""
-        n = max(len(self.clean), 1)
-        return {"clean": self.clean.sum().item() / n,
-                **{name: mask.sum().item() / n for name, mask in self.per_attack.items()},
-                "worst case": self.worst_case.sum().item() / n}
+        """``{"clean": …, <attack>: …, "worst case": …}`` as fractions of all examples (nan for an
+        evaluation on no images)."""
+        def fraction(mask: torch.Tensor) -> float:
+            return mask.sum().item() / len(mask) if len(mask) else float("nan")
+
+        return {"clean": fraction(self.clean), **{name: fraction(mask) for name, mask in self.per_attack.items()},
+                "worst case": fraction(self.worst_case)}
 
     def as_table(self) -> list[dict[str, Any]]:
         """One row per line of the report (clean, each attack, worst case), ready for printing or JSON."""

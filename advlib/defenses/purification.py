@@ -215,6 +215,6 @@ def gray_box_evaluation(classifier: nn.Module, purifiers: dict[str, nn.Module], 
         n = (subsets or {}).get(name) or len(x)
         xs, ys = x[:n], y[:n]
         adversarial = torch.cat([attack(classifier, xs[i:i + batch_size], ys[i:i + batch_size])
-                                 for i in range(0, n, batch_size)])
+                                 for i in range(0, n, batch_size)]) if n else xs
         table[name] = {**row(adversarial, ys), "images": n}
     return table
