@@ -1,8 +1,16 @@
-"""Trained artifacts cached by a hash of their configuration ("load if present, else train").
+"""Trained artifacts cached by a hash of their configuration and of the code that produced them
+("load if present, else train"; chapter 1 introduces it).
 
-Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a
-killed run never leaves a truncated checkpoint, and loaded with ``weights_only=True``, so a
-cache file cannot run code.
+* Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a
+  killed run never leaves a truncated checkpoint, readable by the group like any other file the
+  user writes, and loaded with ``weights_only=True``, so a cache file cannot run code.
+* The key of an artifact is its configuration *and* the version of the code of its kind
+  (:data:`CODE_VERSIONS`): a change to what a trainer computes bumps the version, and the old
+  artifacts are no longer found, never loaded as if they were new.
+* Two processes asking for the same artifact (two notebooks, two GPUs sharing a cache) take a file
+  lock: one computes, the other waits and then loads.
+* An artifact that cannot be read (truncated by a full disk, corrupted) is reported with its name,
+  moved aside (``*.corrupt-<time>.pt``) and computed again.
 """
 from __future__ import annotations
 
@@ -10,13 +18,34 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from filelock import FileLock
 from torch import nn
 
 from . import paths
+
+# Bump the version of a kind when a change alters what it computes (weights, examples, results), so
+# that no artifact computed by older code is loaded. The longest matching prefix of a kind counts;
+# kinds without one (e.g. the tests' own) are version 0.
+CODE_VERSIONS: dict[str, int] = {
+    "classifier": 1,
+    "purifier-pairs": 1,
+    "purifier": 2,                 # the NT teacher is given the clean image (Koo et al. Sec. 3.3)
+    "at": 2,                       # DYNAT's clean BatchNorm pass, the AWP variants, step 2/255
+    "at-evaluation": 3,            # AutoAttack from the shared, cached examples (autoattack-examples)
+    "distilled": 2,                # SAAD's statistics through the training loop's hooks
+    "distillation-evaluation": 3,  # AutoAttack from the shared, cached examples (autoattack-examples)
+}
+
+
+def code_version(kind: str) -> int:
+    """The version of the code behind ``kind`` (:data:`CODE_VERSIONS`, longest matching prefix)."""
+    matches = [prefix for prefix in CODE_VERSIONS if kind == prefix or kind.startswith(prefix + "-")]
+    return CODE_VERSIONS[max(matches, key=len)] if matches else 0
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -26,7 +55,17 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def artifact_path(kind: str, config: dict[str, Any], root: Path | None = None) -> Path:
-    return (root or paths.cache_dir()) / f"{kind}-{config_hash(config)}.pt"
+    """Where the artifact of ``kind`` for ``config`` lives: the hash covers the configuration and the
+    kind's code version."""
+    key = {"config": config, "code_version": code_version(kind)}
+    return (root or paths.cache_dir()) / f"{kind}-{config_hash(key)}.pt"
+
+
+def _readable_by_group(path: str) -> None:
+    # mkstemp creates files 0600; give the file the permissions the user's umask gives any other file
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _atomic_write(path: Path, mode: str, write: Callable[[Any], None]) -> None:
@@ -39,6 +78,7 @@ def _atomic_write(path: Path, mode: str, write: Callable[[Any], None]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _readable_by_group(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -58,19 +98,60 @@ def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
     _atomic_write(path, "w", lambda f: f.write(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n"))
 
 
+_ANNOUNCED: set[Path] = set()
+
+
+def _announce_load(kind: str, path: Path) -> None:
+    """Say once per process that an artifact came from the cache (recipes load the same classifier
+    many times; a page should say so once)."""
+    if path not in _ANNOUNCED:
+        _ANNOUNCED.add(path)
+        print(f"loaded {kind} from the cache ({_name(path)})")
+
+
+def _name(path: Path) -> str:
+    """How the cache names a file in what it prints: relative to advlib's home, never an absolute
+    path of the machine (the printout ends up in the rendered book)."""
+    try:
+        return str(path.relative_to(paths.home()))
+    except ValueError:
+        return path.name
+
+
+def load_readable(path: Path, device: torch.device | str, required: tuple[str, ...] = ()) -> Any | None:
+    """The artifact at ``path``, or None when there is none; an unreadable one (or one missing a key
+    of ``required``) is reported, moved aside and treated as missing."""
+    if not path.is_file():
+        return None
+    try:
+        state = load(path, device)
+        missing = [key for key in required if key not in state]
+        if missing:
+            raise KeyError(f"missing {missing}")
+        return state
+    except Exception as error:  # a truncated zip, a bad pickle, a foreign file: all mean "recompute"
+        aside = path.with_name(f"{path.stem}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.pt")
+        os.replace(path, aside)
+        print(f"cache: {_name(path)} could not be read ({type(error).__name__}: {error}); "
+              f"moved it to {aside.name} and computing it again", flush=True)
+        return None
+
+
 def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]],
                     root: Path | None = None, verbose: bool = True) -> dict[str, torch.Tensor]:
-    """Tensors cached under ``config`` (e.g. a precomputed adversarial training set)."""
+    """Tensors cached under ``config`` (e.g. a precomputed adversarial training set, a results row)."""
     path = artifact_path(kind, config, root)
-    if path.is_file():
+    with FileLock(path.with_suffix(".lock")):
+        tensors = load_readable(path, "cpu")
+        if tensors is not None:
+            if verbose:
+                _announce_load(kind, path)
+            return tensors
         if verbose:
-            print(f"loaded {kind} from cache: {path}")
-        return load(path)
-    if verbose:
-        print(f"computing {kind}; will be cached at {path}")
-    tensors = compute()
-    atomic_save(tensors, path)
-    return tensors
+            print(f"computing {kind} (to be cached as {_name(path)})")
+        tensors = compute()
+        atomic_save(tensors, path)
+        return tensors
 
 
 def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
@@ -83,18 +164,19 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
     :func:`advlib.training.fit`), so an interrupted run picks up where it stopped.
     """
     path = artifact_path(kind, config, root)
-    if path.is_file():
-        state = load(path, next(model.parameters()).device)
-        model.load_state_dict(state["model"])
+    with FileLock(path.with_suffix(".lock")):
+        state = load_readable(path, next(model.parameters()).device, required=("model", "history"))
+        if state is not None:
+            model.load_state_dict(state["model"])
+            if verbose:
+                _announce_load(kind, path)
+            return model, state["history"]
+        checkpoint = path.with_suffix(".partial.pt")
         if verbose:
-            print(f"loaded {kind} from cache: {path}")
-        return model, state["history"]
-    checkpoint = path.with_suffix(".partial.pt")
-    if verbose:
-        resuming = " (resuming)" if checkpoint.is_file() else ""
-        print(f"training {kind}{resuming}; will be cached at {path}")
-    history = train(model, checkpoint)
-    atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)
-    atomic_write_json(config, path.with_suffix(".json"), sort_keys=True)
-    checkpoint.unlink(missing_ok=True)
-    return model, history
+            resuming = ", resuming from its last finished epoch" if checkpoint.is_file() else ""
+            print(f"training {kind}{resuming} (to be cached as {_name(path)})")
+        history = train(model, checkpoint)
+        atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)
+        atomic_write_json(config, path.with_suffix(".json"), sort_keys=True)
+        checkpoint.unlink(missing_ok=True)
+        return model, history

@@ -1,4 +1,5 @@
-"""Datasets (CIFAR-10, CIFAR-100, Fashion-MNIST) as tensors, and a loader that keeps them on the device.
+"""Datasets (CIFAR-10, CIFAR-100, Fashion-MNIST) as tensors, and a loader that keeps them on the device
+(chapter 1).
 
 Images are ``uint8`` tensors of shape ``(N, C, 32, 32)``; the loader turns each batch into floats in
 [0, 1] on the target device and applies the random crop and flip there, instead of per-sample PIL

@@ -6,7 +6,9 @@ Everything lives under one folder: ``$ADVLIB_HOME`` if set, else ``_build/`` of 
 """
 from __future__ import annotations
 
+import functools
 import os
+import subprocess
 from pathlib import Path
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
@@ -34,3 +36,14 @@ def cache_dir() -> Path:
 def results_dir(profile: str, dataset: str) -> Path:
     """JSON tables of one profile and dataset: ``_build/results/<profile>-<dataset>/``."""
     return home() / "results" / f"{profile}-{dataset}"
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the source checkout advlib runs from, or None (a pip install, no git)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_CHECKOUT, capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None

@@ -1,4 +1,5 @@
-"""Figures shared by the chapters: image grids, learning curves, confusion matrices."""
+"""Figures shared by the chapters: image grids, learning curves, confusion matrices; each section
+names the chapter that introduces it."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -51,6 +52,40 @@ def learning_curves(history: Sequence[dict[str, Any]], panels: dict[str, Sequenc
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def compare_curves(histories: dict[str, Sequence[dict[str, Any]]], panels: dict[str, str]) -> plt.Figure:
+    """Several trainings side by side (chapters 6-8): one panel per entry of ``panels`` (history key →
+    title), one line per entry of ``histories`` (label → per-epoch history), epochs on the x-axis."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels.items()):
+        for label, history in histories.items():
+            ax.plot([r["epoch"] for r in history], [r.get(key, float("nan")) for r in history], marker="o", ms=3,
+                    label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rows_scatter(rows: Sequence[dict[str, Any]], x: str, y: str, xlabel: str, ylabel: str,
+                 reference: tuple[str, float] | None = None) -> plt.Figure:
+    """One point per results row (``method``), ``x`` against ``y`` in %; ``reference`` draws a
+    labelled horizontal line (e.g. the teacher's robust accuracy)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for row in rows:
+        ax.scatter(100 * row[x], 100 * row[y], s=60, label=row["method"])
+    if reference is not None:
+        ax.axhline(100 * reference[1], color="grey", ls="--", lw=1, label=reference[0])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -219,5 +254,57 @@ def eps_sweep_grid(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cla
             if col == 0:
                 ax.set_ylabel(name, fontsize=9)
     fig.suptitle(f"true class: {classes[y[0].item()]}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- SAAD (chapter 07) -----------------------------------------------------------------------------------
+
+def saad_weights(history: Sequence[dict[str, Any]], weights: torch.Tensor, transferable: torch.Tensor,
+                 batch_size: int) -> plt.Figure:
+    """Left: the mean weight w of SAAD's training examples per epoch, for those that fool the teacher
+    and those it still gets right (the trainer's epoch statistics). Right: the weights of a trained
+    student on test images, split the same way (weights are relative to their batch)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    epochs = [r["epoch"] for r in history]
+    axes[0].plot(epochs, [r["weight_fooling_teacher"] for r in history], marker="o", label="x' fools the teacher")
+    axes[0].plot(epochs, [r["weight_teacher_correct"] for r in history], marker="o",
+                 label="the teacher is still right on x'")
+    axes[0].set_title("mean weight w of SAAD's training examples", fontsize=10)
+    axes[0].set_xlabel("epoch")
+    axes[0].xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+    bins = torch.linspace(0, float(weights.max()) + 1e-6 if len(weights) else 1.0, 25).tolist()
+    axes[1].hist(weights[transferable].tolist(), bins=bins, alpha=0.6, label="fools the teacher")
+    axes[1].hist(weights[~transferable].tolist(), bins=bins, alpha=0.6, label="does not")
+    axes[1].set_title(f"weights w of the trained student\n({len(weights)} test images, batches of {batch_size})",
+                      fontsize=10)
+    axes[1].set_xlabel("w")
+    axes[1].set_ylabel("images")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# --- the leaderboard (chapter 09) -----------------------------------------------------------------------
+
+def leaderboard_scatter(rows: Sequence[dict[str, Any]], eps: float) -> plt.Figure:
+    """Clean against AutoAttack accuracy (%) for the leaderboard's rows at ``eps``, with their 95 %
+    intervals as error bars; the purifier's threat models share one colour."""
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    for row in (r for r in rows if abs(r["eps"] - eps) < 1e-12):
+        clean, robust = 100 * row["clean"], 100 * row["autoattack"]
+        xerr = [[clean - 100 * row["clean_ci95"][0]], [100 * row["clean_ci95"][1] - clean]]
+        yerr = [[robust - 100 * row["autoattack_ci95"][0]], [100 * row["autoattack_ci95"][1] - robust]]
+        label = row["defense"] if row["threat"] == "white-box" else f"{row['defense']}, {row['threat']}"
+        ax.errorbar(clean, robust, xerr=xerr, yerr=yerr, fmt="o", ms=5, capsize=2, label=label,
+                    color="black" if row["defense"].startswith("purifier") else None,
+                    alpha=1.0 if row["threat"] == "white-box" else 0.45)
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("AutoAttack accuracy (%)")
+    ax.set_title(f"ε = {255 * eps:.3g}/255", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     return fig

@@ -1,15 +1,18 @@
-"""One training loop for every model in the book: checkpoint/resume, schedule, per-epoch metrics.
+"""One training loop for every model in the book: checkpoint/resume, schedule, per-epoch metrics
+(chapter 1 introduces it; every later chapter trains through it).
 
 The loop is deliberately short (in the spirit of airbench): a trainer is a *loss function*
 ``loss_fn(model, x, y, epoch, *paired) -> (loss, logits or None)``; standard training, adversarial
 training, purifier training and the distillation methods differ only there. ``paired`` holds the
 loader's extra tensors (e.g. precomputed adversarial examples); ``logits``, when given, are used
-for the training accuracy.
+for the training accuracy. A trainer (and each of ``callbacks``) may also have the two
+:class:`Hooks`: ``after_step`` runs after every optimiser step (AWP restores the weights it
+perturbed there) and ``epoch_statistics`` adds what the trainer counted during the epoch to the
+epoch's record (DYNAT's label agreement, SAAD's weights).
 
-Two optional extras: ``callbacks`` run after every optimiser step (AWP restores the weights it
-perturbed there), and ``averaging`` keeps an SWA or EMA copy of the weights (Izmailov et al. 2018;
-for adversarial training, Chen et al. 2021) whose BatchNorm statistics are re-estimated before
-it is evaluated and which replaces the trained weights at the end.
+``averaging`` keeps an SWA or EMA copy of the weights (Izmailov et al. 2018; for adversarial
+training, Chen et al. 2021) whose BatchNorm statistics are re-estimated before it is evaluated and
+which replaces the trained weights at the end. :class:`Checkpoint` saves and restores all of it.
 """
 from __future__ import annotations
 
@@ -23,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
-from .cache import atomic_save, load
-from .config import autocast, iterate
+from .cache import atomic_save, load_readable
+from .config import autocast, in_notebook, iterate, show_log
 from .data import TensorLoader
 
 LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
@@ -69,11 +72,15 @@ def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch
     return F.cross_entropy(logits, y), logits
 
 
-class Callback:
-    """Hooks of :func:`fit`; override what you need."""
+class Hooks:
+    """What :func:`fit` calls on a trainer, and on each of its ``callbacks``, besides the loss."""
 
     def after_step(self, model: nn.Module, epoch: int) -> None:
         """Runs right after ``optimizer.step()``, before the weight average is updated."""
+
+    def epoch_statistics(self) -> dict[str, float]:
+        """What the trainer counted since the last call (then reset), added to the epoch's record."""
+        return {}
 
 
 def make_averaged(model: nn.Module, averaging: dict[str, Any]) -> AveragedModel:
@@ -91,17 +98,100 @@ def averaging_source(model: nn.Module, averaging: dict[str, Any]) -> nn.Module:
     return getattr(model, averaging["module"]) if averaging.get("module") else model
 
 
+class PassCounter:
+    """Counts the forward passes of every network a training step runs — the model's and those a
+    trainer holds (a teacher, a frozen classifier) — split into passes with gradients (followed by a
+    backward pass: attack steps, the training loss) and without. A network is anything
+    :func:`advlib.models.build` made: its first layer, ``normalize``, runs once per forward pass."""
+
+    def __init__(self, *owners: object) -> None:
+        self.with_grad, self.without_grad = 0, 0
+        self._handles = []
+        seen: set[int] = set()
+        for owner in owners:
+            for module in self._modules_of(owner):
+                for name, layer in module.named_modules():
+                    if name.rsplit(".", 1)[-1] == "normalize" and id(layer) not in seen:
+                        seen.add(id(layer))
+                        self._handles.append(layer.register_forward_hook(self._count))
+
+    @staticmethod
+    def _modules_of(owner: object) -> list[nn.Module]:
+        if isinstance(owner, nn.Module):
+            return [owner]
+        found = []
+        for value in vars(owner).values() if hasattr(owner, "__dict__") else ():
+            values = value.values() if isinstance(value, dict) else [value]
+            found += [v for v in values if isinstance(v, nn.Module)]
+        return found
+
+    def _count(self, *_: Any) -> None:
+        if torch.is_grad_enabled():
+            self.with_grad += 1
+        else:
+            self.without_grad += 1
+
+    def pop(self) -> dict[str, int]:
+        """The counts since the last call, then reset."""
+        counts = {"passes_with_grad": self.with_grad, "passes_without_grad": self.without_grad}
+        self.with_grad, self.without_grad = 0, 0
+        return counts
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class Checkpoint:
+    """The training state after each finished epoch (model, optimiser, weight average, history),
+    written atomically to ``path`` and restored from it, so that a killed run resumes where it
+    stopped and ends with the weights of an uninterrupted one."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, averaged: AveragedModel | None
+                ) -> list[dict[str, Any]]:
+        """Load the saved state into the given objects; the history of the finished epochs (empty
+        when there is nothing to resume)."""
+        state = None if self.path is None else load_readable(self.path, next(model.parameters()).device,
+                                                             required=("model", "optimizer", "history"))
+        if state is None:
+            return []
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if averaged is not None:
+            averaged.load_state_dict(state["averaged"])
+        return list(state["history"])
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, averaged: AveragedModel | None,
+             history: list[dict[str, Any]]) -> None:
+        if self.path is None:
+            return
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history}
+        if averaged is not None:
+            state["averaged"] = averaged.state_dict()
+        atomic_save(state, self.path)
+
+
+def _summary(desc: str, epoch: int, epochs: int, record: dict[str, Any]) -> str:
+    return f"{desc} epoch {epoch}/{epochs}: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in record.items() if k not in ("epoch", "passes_with_grad", "passes_without_grad")
+        and isinstance(v, (int, float)))
+
+
 def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[str, Any],
         schedule: dict[str, Any], loss_fn: LossFn = cross_entropy_loss, checkpoint: Path | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None, desc: str = "train",
-        stop_after: int | None = None, callbacks: Sequence[Callback] = (),
+        stop_after: int | None = None, callbacks: Sequence[Hooks] = (),
         averaging: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``epochs`` and return one metrics record per epoch.
 
-    After every epoch the model, optimiser, weight average and history are saved atomically to
-    ``checkpoint``; if that file exists the run resumes after its last epoch. Batches depend only
-    on the loader's seed and the epoch, so a resumed run ends with the same weights as an
-    uninterrupted one. ``stop_after`` ends the call after that many epochs (as a kill would).
+    After every epoch the training state is saved to ``checkpoint`` (:class:`Checkpoint`); if that
+    file exists the run resumes after its last epoch. Batches depend only on the loader's seed and
+    the epoch, so a resumed run ends with the same weights as an uninterrupted one. ``stop_after``
+    ends the call after that many epochs (as a kill would). ``loss_fn`` and ``callbacks`` may have
+    :class:`Hooks`.
 
     ``averaging`` (``{"kind": "swa" | "ema", "decay": …, "start": fraction of training,
     "every": "step" | "epoch", "module": submodule name or None}``) averages the weights after
@@ -114,21 +204,18 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
     opt = make_optimizer(model.parameters(), **optimizer)
     base_lrs = [group["lr"] for group in opt.param_groups]
     averaged = make_averaged(model, averaging) if averaging else None
-    history: list[dict[str, Any]] = []
-    if checkpoint is not None and checkpoint.is_file():
-        state = load(checkpoint, device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if averaged is not None:
-            averaged.load_state_dict(state["averaged"])
-        history = list(state["history"])
+    saved = Checkpoint(checkpoint)
+    history = saved.restore(model, opt, averaged)
+    hooks = [hook for hook in (loss_fn, *callbacks) if hasattr(hook, "after_step")]
     steps_per_epoch = len(loader)
     per_epoch = bool(averaging) and averaging.get("every", "step") == "epoch"
     if averaging and averaging.get("every", "step") not in ("step", "epoch"):
         raise ValueError(f"averaging 'every' must be 'step' or 'epoch', not {averaging['every']!r}")
+    passes = PassCounter(model, loss_fn)
     for epoch in range(len(history), epochs):
         if stop_after is not None and epoch >= stop_after:
             break
+        passes.pop()
         started = time.time()
         loader.set_epoch(epoch)
         model.train()
@@ -147,8 +234,8 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            for callback in callbacks:
-                callback.after_step(model, epoch)
+            for hook in hooks:
+                hook.after_step(model, epoch)
             if averaged is not None and not per_epoch and progress >= averaging.get("start", 0.0):
                 averaged.update_parameters(averaging_source(model, averaging))
             loss_sum += loss.detach() * len(y)
@@ -159,9 +246,11 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
         if averaged is not None and per_epoch and (epoch + 1) / epochs >= averaging.get("start", 0.0):
             averaged.update_parameters(averaging_source(model, averaging))
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": base_lrs[0] * multiplier,
-                                  "train_loss": loss_sum.item() / seen}
+                                  "train_loss": loss_sum.item() / seen, **passes.pop()}
         if has_logits:
             record["train_acc"] = correct.item() / seen
+        if hasattr(loss_fn, "epoch_statistics"):
+            record.update(loss_fn.epoch_statistics())
         if evaluate is not None:
             record.update(evaluate(model))
         if averaged is not None and int(averaged.n_averaged) > 0:
@@ -170,13 +259,23 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
                 record.update({f"avg_{k}": v for k, v in evaluate(averaged.module).items()})
         record["seconds"] = time.time() - started
         history.append(record)
-        print(f"{desc} epoch {epoch + 1}/{epochs}: "
-              + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"), flush=True)
-        if checkpoint is not None:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "history": history}
-            if averaged is not None:
-                state["averaged"] = averaged.state_dict()
-            atomic_save(state, checkpoint)
+        if not in_notebook():
+            print(_summary(desc, epoch + 1, epochs, record), flush=True)
+        saved.save(model, opt, averaged, history)
+    passes.remove()
     if averaged is not None and int(averaged.n_averaged) > 0 and len(history) == epochs:
         averaging_source(model, averaging).load_state_dict(averaged.module.state_dict())
+    if in_notebook() and history:
+        show_log(training_summary(desc, history),
+                 [_summary(desc, r["epoch"], epochs, r) for r in history])
     return history
+
+
+def training_summary(desc: str, history: list[dict[str, Any]]) -> str:
+    """One line for a finished training: epochs, the last epoch's metrics and the total seconds."""
+    last = history[-1]
+    metrics = ", ".join(f"{k} {v:.3g}" for k, v in last.items()
+                        if k not in ("epoch", "lr", "seconds", "passes_with_grad", "passes_without_grad")
+                        and isinstance(v, (int, float)))
+    seconds = sum(r.get("seconds", 0.0) for r in history)
+    return f"trained {desc}: {len(history)} epochs in {seconds:.0f} s; last epoch: {metrics}"

@@ -28,17 +28,20 @@ def _build(name: str, **params: Any) -> Any:
 def attack_explorer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: Sequence[str],
                     attacks: dict[str, Callable[[float], Any]] | None = None, max_eps: int = 32) -> Any:
     """An ε slider (in /255), an attack menu and an image index: shows the clean image, the
-    adversarial one and the perturbation ×10, with the model's predictions and confidences.
+    adversarial one and the perturbation ×10, with the model's predictions and confidences, and a
+    status line that says the same in words (chapter 2).
 
     ``x``: images in [0, 1] (N, C, H, W) on the model's device; ``attacks`` maps a menu entry to a
     function of ε returning an attack (default: FGSM, BIM, PGD, CW). Results are cached, so going
     back to a setting is instant; ε = 0 shows the clean image. Returns the widget (display it, or
-    leave it last in a cell).
+    leave it last in a cell); its ``eps_slider``, ``attack_menu``, ``index``, ``status`` and
+    ``output`` are the parts.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
 
+    from .evaluation import predict
     from .plots import triptych
 
     attacks = attacks or DEFAULT_ATTACKS
@@ -46,6 +49,7 @@ def attack_explorer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes:
                                    continuous_update=False)
     attack_menu = widgets.Dropdown(options=list(attacks), description="attack")
     index = widgets.BoundedIntText(value=0, min=0, max=len(x) - 1, description="image")
+    status = widgets.Label()
     output = widgets.Output()
     computed: dict[tuple[str, int, int], torch.Tensor] = {}
 
@@ -55,6 +59,11 @@ def attack_explorer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes:
         if key not in computed:
             eps = eps_slider.value / 255
             computed[key] = attacks[attack_menu.value](eps)(model, image, label) if eps > 0 else image
+        probabilities = predict(model, computed[key]).softmax(1)[0]
+        delta = (computed[key] - image).abs().max().item()
+        status.value = (f"{attack_menu.value}, ε = {eps_slider.value}/255: predicted "
+                        f"{classes[int(probabilities.argmax())]} ({100 * probabilities.max():.0f} %), "
+                        f"true {classes[int(label)]}, ‖δ‖∞ = {255 * delta:.1f}/255")
         with output:
             output.clear_output(wait=True)
             fig = triptych(model, image, computed[key], label, classes,
@@ -64,5 +73,8 @@ def attack_explorer(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes:
 
     for control in (eps_slider, attack_menu, index):
         control.observe(redraw, names="value")
+    explorer = widgets.VBox([widgets.HBox([attack_menu, eps_slider, index]), status, output])
+    explorer.eps_slider, explorer.attack_menu, explorer.index = eps_slider, attack_menu, index
+    explorer.status, explorer.output = status, output
     redraw()
-    return widgets.VBox([widgets.HBox([attack_menu, eps_slider, index]), output])
+    return explorer

@@ -1,12 +1,24 @@
 """Shared fixtures: Fashion-MNIST (offline, from the Debian package or $ADVLIB_DATA) and a small
-trained classifier, cached like every other advlib artifact so it trains once per machine."""
+trained classifier, cached like every other advlib artifact so it trains once per machine.
+
+The tests keep their artifacts in a home of their own (``_build/test-home``), so they never write
+into the book's cache; they read the datasets the book downloaded."""
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
-from advlib import cache, data, models
-from advlib.training import fit
+from advlib import paths
+
+BOOK_CACHE = paths.cache_dir()
+os.environ.setdefault("ADVLIB_DATA", str(paths.data_dir()))
+os.environ["ADVLIB_HOME"] = str(Path(__file__).resolve().parent.parent / "_build" / "test-home")
+
+from advlib import cache, data, models  # noqa: E402
+from advlib.training import fit  # noqa: E402
 
 SMALL_MODEL_CONFIG = {
     "purpose": "tests", "arch": "small_cnn", "dataset": "fashion-mnist", "train_subset": 10000, "epochs": 2,

@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import advlib.attacks as attacks
-from advlib.attacks.evaluate import robust_accuracy
-from advlib.evaluation import predict
+from advlib.evaluation import predict, robust_accuracy
 from advlib.registry import UnknownNameError
 
 torchattacks = pytest.importorskip("torchattacks")
@@ -104,7 +103,7 @@ def test_bim_default_steps_follow_kurakin():
 
 
 def test_cw_margin_masks_the_true_class_even_when_every_logit_is_negative():
-    from advlib.attacks.cw import margin
+    from advlib.attacks.primitives import margin
 
     logits_ = torch.tensor([[-1.0, -3.0, -2.0], [-5.0, -4.0, -6.0]])
     assert torch.equal(margin(logits_, torch.tensor([0, 1])), torch.tensor([1.0, 1.0]))
@@ -208,6 +207,32 @@ def test_bad_inputs_fail_loudly(name):
     budget = "eps" if "eps" in OWN_ATTACKS[name] else "c"
     with pytest.raises(ValueError, match=budget):
         attacks.build(name, **{**OWN_ATTACKS[name], budget: -0.1})
+    poisoned = x.clone()
+    poisoned[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite pixels in 1 of 2 images"):
+        attack(model, poisoned, y)
+    with pytest.raises(ValueError, match=r"class indices \[0, 3\), got values in \[0, 10\]"):
+        attack(model, x, torch.tensor([0, 10]))  # the tiny model has 3 classes
+    with pytest.raises(ValueError, match="class indices"):
+        attack(model, x, torch.tensor([-1, 0]))
+
+
+def test_evaluation_entry_points_reject_nan_pixels_and_out_of_range_labels():
+    from advlib.evaluation import accuracy, gray_box, predict
+    model = tiny_model()
+    x, y = random_batch(0, 2)
+    bad_labels = torch.tensor([3, 12])
+    for call in (lambda: accuracy(model, x, bad_labels),
+                 lambda: robust_accuracy(model, x, bad_labels, {"FGSM": attacks.build("fgsm")}),
+                 lambda: gray_box(model, {}, {}, x, bad_labels)):
+        with pytest.raises(ValueError, match="class indices"):
+            call()
+    poisoned = x.clone()
+    poisoned[0, 0, 0, 0] = float("inf")
+    for call in (lambda: predict(model, poisoned), lambda: robust_accuracy(model, poisoned, y, {}),
+                 lambda: gray_box(model, {}, {}, poisoned, y)):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            call()
 
 
 def test_unknown_attack_lists_the_known_ones():

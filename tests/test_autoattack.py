@@ -13,6 +13,7 @@ from torch import nn
 import advlib.attacks as attacks
 from advlib import cache, data
 from advlib.attacks import _checks
+from advlib.attacks.primitives import project_linf
 from advlib.attacks.apgd import checkpoints
 from advlib.attacks.autoattack import AutoAttackResult
 from advlib.attacks.fab import linf_projection_onto_hyperplane
@@ -59,7 +60,7 @@ def robust_mlp() -> nn.Module:
             start = (x + (torch.rand(x.shape, generator=noise) * 2 - 1) * adversarial["eps"]).clamp(0, 1)
             start.requires_grad_(True)
             grad = torch.autograd.grad(F.cross_entropy(model(start), y), start)[0]
-            x_adv = _checks.project_linf(start.detach() + adversarial["step"] * grad.sign(), x, adversarial["eps"])
+            x_adv = project_linf(start.detach() + adversarial["step"] * grad.sign(), x, adversarial["eps"])
             logits = model(x_adv)
             return F.cross_entropy(logits, y), logits
 
@@ -275,7 +276,7 @@ def test_randomised_forward_is_flagged(tiny_model):
     noisy = nn.Sequential(nn.Dropout(0.5), tiny_model)
     # crafting in train mode keeps dropout on: two forward passes differ
     with pytest.warns(UserWarning, match="randomised"):
-        result = attacks.build("autoattack", eps=0.3, model_mode="train").run(noisy, x, y)
+        result = attacks.build("autoattack", eps=0.3, bn_mode="train").run(noisy, x, y)
     assert any(flag.startswith("randomised forward pass") for flag in result.flags)
     assert _checks.flag_randomized(noisy.eval(), x, y) is None
 
@@ -343,7 +344,7 @@ def test_settings_match_the_reference(version):
 def test_rand_version_runs_eot_on_a_randomised_model(tiny_model):
     x, y = random_batch()
     noisy = nn.Sequential(nn.Dropout(0.3), tiny_model)
-    result = attacks.build("autoattack", eps=0.05, version="rand", model_mode="train").run(noisy, x, y)
+    result = attacks.build("autoattack", eps=0.05, version="rand", bn_mode="train").run(noisy, x, y)
     assert [name for name, _ in result.breakdown] == ["apgd-ce", "apgd-dlr"]
     assert not any(flag.startswith("randomised") for flag in result.flags)  # that is what "rand" is for
     assert (result.x_adv - x).abs().max() <= 0.05 + 1e-6

@@ -4,7 +4,6 @@ per-epoch SWA of SAAD, and a few SAAD steps at the paper's sizes."""
 from __future__ import annotations
 
 import copy
-import json
 import sys
 from math import isnan, log
 
@@ -17,8 +16,9 @@ from advlib import config, data, defenses, models, recipes
 from advlib.defenses import distillation
 from advlib.defenses.distillation import (
     adaad_loss, ard_loss, igdm_ramp, igdm_term, kl_per_sample, linearised_teacher_logits,
-    normalised_weights, renyi_entropy, rslad_loss, saad_loss, transfer_rate, transferability_weights)
-from advlib.training import Callback, fit
+    normalised_weights, renyi_entropy, rslad_loss, saad_loss, transferability_weights)
+from advlib.evaluation import transfer_rate
+from advlib.training import Hooks, fit
 
 TRAINERS = ("ard", "rslad", "adaad", "igdm", "saad")
 # softmax(0, ln 3) = (1/4, 3/4) and softmax(0, 0) = (1/2, 1/2)
@@ -278,12 +278,12 @@ def test_saad_weight_statistics_by_hand(pair):
     trainer._count(student_plus[:1], teacher_plus[:1], y[:1], torch.tensor([6.0]))
     # the student was fooled 3 times, and the teacher too on 2 of them; weights of the x' that
     # fool the teacher: 4, 2, 6; of the others: 1, 3
-    assert trainer.pop_weight_statistics() == pytest.approx(
+    assert trainer.epoch_statistics() == pytest.approx(
         {"train_transfer": 2 / 3, "weight_fooling_teacher": 4.0, "weight_teacher_correct": 2.0})
-    assert all(isnan(v) for v in trainer.pop_weight_statistics().values()), "popping resets the counts"
+    assert all(isnan(v) for v in trainer.epoch_statistics().values()), "popping resets the counts"
 
 
-class RecordEpochEnds(Callback):
+class RecordEpochEnds(Hooks):
     def __init__(self, steps_per_epoch: int) -> None:
         self.steps_per_epoch, self.steps, self.ends = steps_per_epoch, 0, []
 
@@ -400,15 +400,6 @@ def test_robustbench_teacher_without_the_package_says_how_to_get_it(monkeypatch)
     monkeypatch.setitem(sys.modules, "robustbench.utils", None)
     with pytest.raises(ImportError, match="pip install .*robustbench"):
         recipes.robustbench_model("Gowal2021Improving_28_10_ddpm_100m", "cifar10")
-
-
-def test_distillation_results_are_written_as_json(tmp_path, monkeypatch):
-    monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
-    run = config.setup("quick", device="cpu", quiet=True)
-    row = {"method": "SAAD", "source": "this run", **{column: 0.5 for column in recipes.DISTILLATION_COLUMNS}}
-    path = recipes.save_distillation(run, [row])
-    assert path.name == "distillation.json" and path.parent.name == "quick-fashion-mnist"
-    assert json.loads(path.read_text())["results"] == [row]
 
 
 def test_sample_weights_match_the_trainers_pieces(pair, batch):

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from advlib import config, defenses, models
-from advlib.defenses.purification import (Purified, gray_box_evaluation, kd_components, kd_term,
-                                          reconstruction_loss,
-                                          relativistic_loss, student_loss)
+from advlib.defenses.purification import (kd_components, kd_term, reconstruction_loss, relativistic_loss,
+                                          student_loss)
+from advlib.evaluation import Purified, gray_box
 
 PAPER_CAE = config.PROFILES["paper"]["purification"]["autoencoder"]
 
@@ -168,7 +168,7 @@ def test_gray_box_evaluation_crafts_on_the_classifier_and_scores_each_purifier()
     x[:, 0, 0, 1] = torch.tensor([0.0, 0.0, 0.9, 0.9])
     y = torch.tensor([0, 0, 1, 1])
     classifier, attack = FirstPixelsAsLogits(), RaiseSecondPixel()
-    table = gray_box_evaluation(classifier, {"ours": LowerSecondPixel(0.5)}, {"raise": attack}, x, y)
+    table = gray_box(classifier, {"ours": LowerSecondPixel(0.5)}, {"raise": attack}, x, y)
     assert table["Original"] == {"no defence": 1.0, "ours": 1.0, "images": 4}
     # attacked second pixels (0.7, 0.7, 1, 1) beat the first for all four: images 0 and 1 flip to class 1;
     # the purifier lowers them to (0.2, 0.2, 0.5, 0.5) and every prediction is right again

@@ -138,3 +138,29 @@ def test_cache_files_load_with_weights_only(tmp_path):
     torch.save({"payload": print}, path)
     with pytest.raises(Exception):
         cache.load(path)
+
+
+def test_the_loop_counts_every_networks_forward_passes():
+    """PGD-AT with 3 attack steps: 3 passes with gradients to craft x', 1 for the loss, per step; a
+    distillation trainer's teacher passes are counted too."""
+    import torch
+
+    from advlib import data, defenses, models
+    from advlib.training import fit
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (32, 1, 32, 32), dtype=torch.uint8)
+    loader = data.TensorLoader(data.ImageSet(images, torch.arange(32) % 10, data.info("fashion-mnist")), 16)
+    model = models.build("small_cnn", 10, 1, width=2)
+    trainer = defenses.build("pgd_at", eps=0.1, alpha=0.05, steps=3)
+    history = fit(model, loader, epochs=1, optimizer={"name": "sgd", "lr": 0.01}, schedule={"points": [[0, 1]]},
+                  loss_fn=trainer, evaluate=lambda m: {"val": m(images[:4].float() / 255).sum().item()})
+    assert history[0]["passes_with_grad"] == 2 * (3 + 1), "two steps of (3 attack passes + 1 loss pass)"
+    teacher = models.build("small_cnn", 10, 1, width=2)
+    student = models.build("small_cnn", 10, 1, width=2)
+    adaad = defenses.build("adaad", teacher=teacher, eps=0.1, alpha=0.05, steps=3)
+    history = fit(student, loader, epochs=1, optimizer={"name": "sgd", "lr": 0.01}, schedule={"points": [[0, 1]]},
+                  loss_fn=adaad)
+    # per step: 3 inner steps × (student + teacher) with gradients, then the student's loss pass
+    assert history[0]["passes_with_grad"] == 2 * (3 * 2 + 1)
+    assert history[0]["passes_without_grad"] >= 2, "the teacher at x' without gradients"

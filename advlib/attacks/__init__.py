@@ -1,8 +1,9 @@
-"""Adversarial attacks behind one registry: ``advlib.attacks.build("pgd", eps=8/255, ...)``.
+"""Adversarial attacks behind one registry: ``advlib.attacks.build("pgd", eps=8/255, ...)`` (chapter 2).
 
 Every attack is called as ``attack(model, x, y) -> x_adv`` on images in [0, 1]; see :class:`Attack`.
-One attack per module, the shared input checks in ``_checks`` (the layout of the original
-AutoAttack code).
+One attack per module, the pieces they share in ``primitives`` (checks, projections, gradients,
+signed ascent, the margin, restarts), AutoAttack's checks of a model in ``_checks`` (the layout of
+the original AutoAttack code).
 """
 from __future__ import annotations
 
@@ -20,4 +21,5 @@ def build(name: str, **params) -> Attack:
 def names() -> list[str]:
     return ATTACKS.names()
 
-from . import apgd, autoattack, bim, cw, cw_linf, evaluate, fab, fgsm, pgd, square  # noqa: E402,F401  (registers the attacks)
+from . import primitives  # noqa: E402,F401
+from . import apgd, autoattack, bim, cw, cw_linf, fab, fgsm, pgd, square  # noqa: E402,F401  (registers the attacks)

@@ -1,65 +1,12 @@
-"""Input checks shared by every attack: bad input fails loudly, with the fix in the message."""
+"""AutoAttack's checks of a *model* (Croce & Hein 2020; the flags of the reference code): each
+returns a warning sentence, or None when the model looks fine. Input checks live in
+:mod:`advlib.attacks.primitives`."""
 from __future__ import annotations
 
 import sys
 
 import torch
 
-# Images that went through a float round trip (e.g. uint8 / 255 on another device) may sit a hair
-# outside [0, 1]; anything further out is almost always normalised input.
-RANGE_TOLERANCE = 1e-5
-
-
-def check_eps(eps: float, name: str = "eps") -> None:
-    if not isinstance(eps, (int, float)) or eps != eps:
-        raise TypeError(f"{name} must be a number, not {eps!r}")
-    if eps < 0:
-        raise ValueError(f"{name} must be >= 0, got {eps}; the perturbation budget cannot be negative")
-
-
-def check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
-    """``x``: float (N, C, H, W) images in [0, 1]; ``y``: int64 labels of shape (N,) on x's device."""
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"x and y must be torch tensors, got {type(x).__name__} and {type(y).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be a 4-D batch (N, C, H, W), got shape {tuple(x.shape)}; "
-                         "add a batch dimension with x.unsqueeze(0) for a single image")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a float tensor in [0, 1], got {x.dtype}; convert uint8 images with x.float() / 255")
-    if x.numel() and (x.min() < -RANGE_TOLERANCE or x.max() > 1 + RANGE_TOLERANCE):
-        raise ValueError(f"x must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]; "
-                         "pass unnormalised images and put the normalisation inside the model")
-    if y.dim() != 1 or len(y) != len(x):
-        raise ValueError(f"y must hold one label per image: shape ({len(x)},), got {tuple(y.shape)}")
-    if y.dtype != torch.int64:
-        raise TypeError(f"y must be int64 class indices, got {y.dtype}; use y.long()")
-    if y.device != x.device:
-        raise ValueError(f"x is on {x.device} but y is on {y.device}; move both to the model's device")
-
-
-def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """The closest point to ``x_adv`` in the L∞ ball of radius ``eps`` around ``x``, within [0, 1]."""
-    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
-
-
-NORMS = ("Linf", "L2")
-
-
-def check_norm(norm: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
-
-
-def project_l2(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """``x_adv`` pulled radially into the L2 ball of radius ``eps`` around ``x``, then clipped to [0, 1]
-    (the projection used by APGD-L2; clipping can only shorten the perturbation)."""
-    delta = x_adv - x
-    norms = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x.dim() - 1))
-    return (x + delta * torch.clamp(eps / (norms + 1e-12), max=1.0)).clamp_(0, 1)
-
-
-# ---- Checks AutoAttack runs on the model (Croce & Hein 2020; flags of the reference code) ----
-# Each returns a warning sentence, or None when the model looks fine.
 
 def flag_randomized(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int = 5,
                     tolerance: float = 1e-4) -> str | None:

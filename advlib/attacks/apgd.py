@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ATTACKS
-from ._checks import check_eps, check_norm, project_linf, project_l2
 from .base import Attack
+from .primitives import check_eps, check_norm, check_positive_ints, margin, project_l2, project_linf
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,9 +41,7 @@ def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Te
     r"""Difference of logits ratio (Sec. 4): :math:`-\frac{z_y - \max_{i \neq y} z_i}{z_{\pi_1} - z_{\pi_3}}`
     (π orders the logits decreasingly); invariant to shifting and rescaling the logits."""
     ordered = logits.sort(dim=1, descending=True).values
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    best_other = logits.scatter(1, y[:, None], -float("inf")).amax(1)
-    return -(z_y - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+    return -margin(logits, y) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
 def targeted_dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -94,12 +92,6 @@ def even_chunks(n: int, largest: int) -> list[slice]:
     return [slice(start, start + size) for start in range(0, n, size)] if n else []
 
 
-def _check_positive_ints(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 @ATTACKS.register("apgd-ce")
 class APGD(Attack):
     r"""APGD (Croce & Hein 2020, Algorithm 1) on one loss, untargeted (``loss="ce"`` or ``"dlr"``).
@@ -126,15 +118,15 @@ class APGD(Attack):
 
     def __init__(self, eps: float = 8 / 255, *, norm: str = "Linf", loss: str = "ce", n_iter: int = 100,
                  n_restarts: int = 1, rho: float = 0.75, eot_iter: int = 1, max_batch: int | None = None,
-                 seed: int = 0, model_mode: str = "eval") -> None:
+                 seed: int = 0, bn_mode: str = "eval") -> None:
         check_eps(eps)
         check_norm(norm)
         if loss not in ("ce", "dlr"):
             raise ValueError(f"loss must be 'ce' or 'dlr', not {loss!r}; apgd-t has the targeted DLR loss")
-        _check_positive_ints(n_iter=n_iter, n_restarts=n_restarts, eot_iter=eot_iter)
+        check_positive_ints(n_iter=n_iter, n_restarts=n_restarts, eot_iter=eot_iter)
         if max_batch is not None:
-            _check_positive_ints(max_batch=max_batch)
-        super().__init__(seed=seed, model_mode=model_mode)
+            check_positive_ints(max_batch=max_batch)
+        super().__init__(seed=seed, bn_mode=bn_mode)
         self.eps, self.norm, self.loss, self.n_iter = eps, norm, loss, n_iter
         self.n_restarts, self.rho, self.eot_iter, self.max_batch = n_restarts, rho, eot_iter, max_batch
 
@@ -178,7 +170,7 @@ class APGDTargeted(APGD):
     one batch (up to ``max_batch`` rows); an example is fooled when any of its runs fools it."""
 
     def __init__(self, eps: float = 8 / 255, *, n_target_classes: int = 9, **params) -> None:
-        _check_positive_ints(n_target_classes=n_target_classes)
+        check_positive_ints(n_target_classes=n_target_classes)
         super().__init__(eps, **params)
         self.loss, self.n_target_classes = "dlr-targeted", n_target_classes
 

@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from . import ATTACKS
-from ._checks import (check_eps, check_norm, flag_dynamic, flag_randomized, flag_softmax,
-                      flag_square_beats_white_box, flag_targets, flag_zero_gradients)
-from .apgd import APGD, APGDTargeted, _check_positive_ints
+from ._checks import (flag_dynamic, flag_randomized, flag_softmax, flag_square_beats_white_box, flag_targets,
+                      flag_zero_gradients)
+from .apgd import APGD, APGDTargeted
 from .base import Attack
 from .fab import FABTargeted
+from .primitives import check_eps, check_norm, check_positive_ints
 from .square import Square
 
 VERSIONS = {"standard": ["apgd-ce", "apgd-t", "fab-t", "square"], "rand": ["apgd-ce", "apgd-dlr"]}
@@ -48,14 +49,14 @@ class AutoAttack(Attack):
 
     ``batch_size`` of :meth:`run` bounds how many examples one attack call sees; ``max_batch`` how
     many (example, target) rows APGD-T and FAB-T put in one forward pass (default: by device).
-    ``iterations`` (100) and ``square_queries`` (5000) are the reference's budgets; only a smoke
-    test has a reason to cut them.
+    ``iterations`` (100) and ``square_queries`` (5000) are the reference's budgets; cut them only
+    where compute forces it (smoke runs, the quick profile's leaderboard) and say so with the number.
     """
 
     def __init__(self, eps: float = 8 / 255, *, norm: str = "Linf", version: str = "standard",
                  n_target_classes: int = 9, iterations: int = 100, square_queries: int = 5000,
                  verbose: bool = False, max_batch: int | None = None, seed: int = 0,
-                 model_mode: str = "eval") -> None:
+                 bn_mode: str = "eval") -> None:
         check_eps(eps)
         check_norm(norm)
         if version not in VERSIONS:
@@ -63,8 +64,8 @@ class AutoAttack(Attack):
         if version == "standard" and norm != "Linf":
             raise ValueError("the standard version needs FAB-T and Square, implemented here in L∞ only; "
                              "use norm='Linf'")
-        _check_positive_ints(n_target_classes=n_target_classes, iterations=iterations, square_queries=square_queries)
-        super().__init__(seed=seed, model_mode=model_mode)
+        check_positive_ints(n_target_classes=n_target_classes, iterations=iterations, square_queries=square_queries)
+        super().__init__(seed=seed, bn_mode=bn_mode)
         self.eps, self.norm, self.version, self.verbose = eps, norm, version, verbose
         self.n_target_classes, self.max_batch = n_target_classes, max_batch
         self.iterations, self.square_queries = iterations, square_queries
@@ -88,7 +89,7 @@ class AutoAttack(Attack):
             generator: torch.Generator | None = None) -> AutoAttackResult:
         """Evaluate ``model`` on (x, y): adversarial images, clean and robust accuracy, the robust
         accuracy after each attack, and the checks' warnings."""
-        _check_positive_ints(batch_size=batch_size)
+        check_positive_ints(batch_size=batch_size)
         with self.prepared(model, x, y, generator) as generator:
             result = self._evaluate(model, x.detach(), y, generator, batch_size)
         result.x_adv = result.x_adv.detach().to(dtype=x.dtype)

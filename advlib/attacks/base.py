@@ -7,27 +7,14 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ._checks import check_inputs
-
-
-@contextlib.contextmanager
-def model_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Run the body with ``model`` in ``"eval"`` or ``"train"`` mode, then restore its mode."""
-    if mode not in ("eval", "train"):
-        raise ValueError(f"mode must be 'eval' or 'train', not {mode!r}")
-    was_training = model.training
-    model.train(mode == "train")
-    try:
-        yield
-    finally:
-        model.train(was_training)
+from .primitives import check_bn_mode, check_inputs, check_labels, in_mode
 
 
 class Attack:
     """``attack(model, x, y) -> x_adv``, same shape, dtype and device as ``x``.
 
     * ``x``: float images in [0, 1] (normalisation belongs inside the model), ``y``: int64 labels.
-    * The model is run in ``model_mode`` ("eval" by default; adversarial training may ask for
+    * The model is run in ``bn_mode`` ("eval" by default; adversarial training may ask for
       "train", which updates BatchNorm statistics while crafting) and restored afterwards.
     * Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so the
       model's ``.grad`` fields are never touched.
@@ -38,10 +25,9 @@ class Attack:
     Subclasses implement :meth:`perturb`.
     """
 
-    def __init__(self, *, seed: int = 0, model_mode: str = "eval") -> None:
-        if model_mode not in ("eval", "train"):
-            raise ValueError(f"model_mode must be 'eval' or 'train', not {model_mode!r}")
-        self.seed, self.model_mode = seed, model_mode
+    def __init__(self, *, seed: int = 0, bn_mode: str = "eval") -> None:
+        check_bn_mode(bn_mode)
+        self.seed, self.bn_mode = seed, bn_mode
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -52,12 +38,17 @@ class Attack:
     @contextlib.contextmanager
     def prepared(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  generator: torch.Generator | None = None) -> Iterator[torch.Generator]:
-        """Validate the inputs, put the model in ``model_mode`` with gradients on, and yield the
-        generator to draw from (a fresh one seeded by ``seed`` unless one is given)."""
+        """Validate the inputs (the labels against the model's number of classes too), put the model
+        in ``bn_mode`` with gradients on, and yield the generator to draw from (a fresh one seeded
+        by ``seed`` unless one is given)."""
         check_inputs(x, y)
+        if len(y):
+            # one image in eval mode tells the number of classes without touching BatchNorm's statistics
+            with in_mode(model, "eval"), torch.no_grad():
+                check_labels(y, model(x[:1]).shape[-1])
         if generator is None:
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        with model_mode(model, self.model_mode), torch.enable_grad():
+        with in_mode(model, self.bn_mode), torch.enable_grad():
             yield generator
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -6,21 +6,11 @@ from torch import nn
 
 from . import ATTACKS
 from .base import Attack
+from .primitives import margin
 
 # atanh(±1) is infinite and tanh is flat far out: pixels at exactly 0 or 1 would never move. Carlini
 # and Wagner's reference code multiplies by 0.999999 before atanh; we do the same.
 TANH_SHRINK = 1 - 1e-6
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``Z_y − max_{i≠y} Z_i`` per example: positive while the true class wins.
-
-    The true class is masked with −∞ before the max. Multiplying by a one-hot mask instead (as some
-    libraries do) returns 0 for the "max" whenever every other logit is negative.
-    """
-    true_logit = logits.gather(1, y[:, None]).squeeze(1)
-    others = logits.scatter(1, y[:, None], -float("inf"))
-    return true_logit - others.amax(1)
 
 
 @ATTACKS.register("cw")
@@ -45,7 +35,7 @@ class CW(Attack):
     """
 
     def __init__(self, c: float = 1.0, kappa: float = 0.0, steps: int = 40, lr: float = 0.01, *,
-                 seed: int = 0, model_mode: str = "eval") -> None:
+                 seed: int = 0, bn_mode: str = "eval") -> None:
         for name, value in (("c", c), ("kappa", kappa)):
             if not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
@@ -53,7 +43,7 @@ class CW(Attack):
             raise ValueError(f"the learning rate lr must be a number > 0, got {lr!r}")
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise ValueError(f"steps must be a positive integer, got {steps!r}")
-        super().__init__(seed=seed, model_mode=model_mode)
+        super().__init__(seed=seed, bn_mode=bn_mode)
         self.c, self.kappa, self.steps, self.lr = c, kappa, steps, lr
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from . import ATTACKS
-from ._checks import check_eps
-from .apgd import _check_positive_ints, _first_row_per_example, default_max_batch, even_chunks
+from .apgd import _first_row_per_example, default_max_batch, even_chunks
 from .base import Attack
+from .primitives import check_eps, check_positive_ints
 
 
 def linf_projection_onto_hyperplane(p: torch.Tensor, w: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -68,12 +68,12 @@ class FABTargeted(Attack):
 
     def __init__(self, eps: float = 8 / 255, *, n_iter: int = 100, n_target_classes: int = 9,
                  alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9, max_batch: int | None = None,
-                 seed: int = 0, model_mode: str = "eval") -> None:
+                 seed: int = 0, bn_mode: str = "eval") -> None:
         check_eps(eps)
-        _check_positive_ints(n_iter=n_iter, n_target_classes=n_target_classes)
+        check_positive_ints(n_iter=n_iter, n_target_classes=n_target_classes)
         if max_batch is not None:
-            _check_positive_ints(max_batch=max_batch)
-        super().__init__(seed=seed, model_mode=model_mode)
+            check_positive_ints(max_batch=max_batch)
+        super().__init__(seed=seed, bn_mode=bn_mode)
         self.eps, self.n_iter, self.n_target_classes = eps, n_iter, n_target_classes
         self.alpha_max, self.eta, self.beta, self.max_batch = alpha_max, eta, beta, max_batch
 

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from . import ATTACKS
-from ._checks import check_eps
-from .apgd import _check_positive_ints
 from .base import Attack
+from .primitives import check_eps, check_positive_ints, margin
 
 # Iterations after which the square's area p is halved (the schedule the paper's code uses for
 # 10,000 queries, not rescaled to 5000 in AutoAttack): p = p_init / 2^j after the j-th of these.
@@ -23,12 +22,6 @@ P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 def square_fraction(iteration: int, p_init: float) -> float:
     """p at a given iteration: the fraction of the image a new square covers."""
     return p_init / 2 ** sum(iteration > boundary for boundary in P_HALVINGS)
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """z_y - max_{j≠y} z_j: positive while the example is classified correctly."""
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    return z_y - logits.scatter(1, y[:, None], -float("inf")).amax(1)
 
 
 @ATTACKS.register("square")
@@ -55,12 +48,12 @@ class Square(Attack):
     """
 
     def __init__(self, eps: float = 8 / 255, *, n_queries: int = 5000, p_init: float = 0.8,
-                 seed: int = 0, model_mode: str = "eval") -> None:
+                 seed: int = 0, bn_mode: str = "eval") -> None:
         check_eps(eps)
-        _check_positive_ints(n_queries=n_queries)
+        check_positive_ints(n_queries=n_queries)
         if not 0 < p_init <= 1:
             raise ValueError(f"p_init must be in (0, 1], got {p_init}")
-        super().__init__(seed=seed, model_mode=model_mode)
+        super().__init__(seed=seed, bn_mode=bn_mode)
         self.eps, self.n_queries, self.p_init = eps, n_queries, p_init
         self._queries_used: torch.Tensor | None = None
 

@@ -1,5 +1,6 @@
-"""Defences by name: trainers (loss functions for :func:`advlib.training.fit`) and the wrappers
-that put a defence in front of a classifier. ``advlib.defenses.build("purifier-kd", ...)``."""
+"""Defences by name: the trainers of every method, loss functions for :func:`advlib.training.fit`
+(purification in chapters 3-5, adversarial training in 6 and 8, distillation in 7).
+``advlib.defenses.build("purifier-kd", ...)``."""
 from __future__ import annotations
 
 from typing import Any

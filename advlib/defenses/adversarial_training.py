@@ -1,4 +1,5 @@
-"""Adversarial training: the min–max of Madry et al. (ICLR 2018) and TRADES (Zhang et al., ICML 2019).
+"""Adversarial training (chapter 6): the min–max of Madry et al. (ICLR 2018) and TRADES (Zhang et
+al., ICML 2019).
 
 Each trainer is a loss function for :func:`advlib.training.fit`:
 ``trainer(model, x, y, epoch) -> (loss, logits)``. It crafts the inner maximiser x' on the current
@@ -14,10 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import attacks
-from ..attacks._checks import project_linf
-from ..attacks.bim import iterate_sign_steps
-from ..attacks.base import model_mode
-from ..training import cross_entropy_loss
+from ..attacks.primitives import in_mode, iterate_sign_steps, project_linf
+from ..training import Hooks, cross_entropy_loss
 from . import DEFENSES
 
 # TRADES's and DYNAT's inner maximisation starts at x + 0.001·N(0, I) (the reference codes).
@@ -68,7 +67,7 @@ def gaussian_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> t
 ATTACK_STREAM = 500_009
 
 
-class EpochSeeded:
+class EpochSeeded(Hooks):
     """A private generator reseeded at the start of every epoch from ``(seed, epoch)``: a run resumed
     after epoch k draws the same random starts as an uninterrupted one."""
 
@@ -105,7 +104,7 @@ class PGDAdversarialTraining(EpochSeeded):
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, bn_mode: str = "train",
                  seed: int = 0) -> None:
         super().__init__(seed)
-        self.attack = attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, model_mode=bn_mode)
+        self.attack = attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, bn_mode=bn_mode)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +136,7 @@ def trades_adversarial(model: nn.Module, x: torch.Tensor, *, eps: float, alpha: 
                        generator: torch.Generator, bn_mode: str = "eval") -> torch.Tensor:
     """TRADES's inner maximiser: argmax_{x'} KL(f(x) ‖ f(x')) over the L∞ ball (Zhang et al. 2019,
     Algorithm 1, line 6)."""
-    with model_mode(model, bn_mode):
+    with in_mode(model, bn_mode):
         with torch.no_grad():
             logits_clean = model(x)
         return maximize_linf(model, x, lambda logits: kl_clean_adversarial(logits_clean, logits, "sum"),

@@ -1,5 +1,5 @@
 """Adversarial weight perturbation (Wu, Xia & Wang, NeurIPS 2020, "Adversarial weight perturbation
-helps robust generalization", Sec. 4, Eq. 8–10).
+helps robust generalization", Sec. 4, Eq. 8–10); chapter 8 uses it in DYNAT's AWP variants.
 
 AWP trains at the worst weights near the current ones: before the optimiser's step it moves every
 weight matrix w_l one gradient-ascent step up the training loss, with a size relative to the layer,
@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..training import Callback
+from ..training import Hooks
 
 # Guards the rescaling of a zero gradient (a layer the loss does not reach); the reference's value.
 _EPS = 1e-20
@@ -38,10 +38,10 @@ def weight_perturbation(weights: dict[str, torch.Tensor], gradients: dict[str, t
     return {name: gamma * weights[name].norm() / (g.norm() + _EPS) * g for name, g in gradients.items()}
 
 
-class AdversarialWeightPerturbation(Callback):
+class AdversarialWeightPerturbation(Hooks):
     """Perturb the weights of ``model`` before the training forward pass and restore them after
-    the optimiser's step. Use it as a :class:`advlib.training.Callback` so that :func:`fit`
-    calls :meth:`after_step`::
+    the optimiser's step. A trainer that inherits it gets :meth:`after_step`, which :func:`fit`
+    calls after every optimiser step::
 
         awp = AdversarialWeightPerturbation(gamma=0.005)
         awp.perturb(target, lambda: awp_loss(target))   # inside the trainer's loss function

@@ -1,4 +1,4 @@
-"""Adversarial distillation: a robust teacher T trains a small student S inside the min–max of
+"""Adversarial distillation (chapter 7): a robust teacher T trains a small student S inside the min–max of
 adversarial training. ARD, RSLAD, AdaAD, IGDM and SAAD (seed 001: Lee & Chung, "Sample-wise
 Adaptive Weighting for Transfer Consistency in Adversarial Distillation", TMLR 2026).
 
@@ -20,10 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import attacks
-from ..attacks._checks import check_eps
+from ..attacks.primitives import check_eps, in_mode, sign_ascent
 from ..evaluation import predict
-from ..attacks.base import model_mode
-from ..attacks.bim import sign_ascent
 from . import DEFENSES, frozen
 from .adversarial_training import EpochSeeded, gaussian_start
 
@@ -138,16 +136,6 @@ def saad_loss(teacher_plus: torch.Tensor, teacher_minus: torch.Tensor, teacher_c
     return per_sample.mean(), weights
 
 
-def transfer_rate(student: nn.Module, teacher: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
-    """Adversarial transferability as SAAD defines it: of the student-crafted x' that fool the student,
-    the fraction that also fool the teacher (nan when none fools the student). Pass only examples
-    crafted on images the student classifies correctly: the others fool it without any attack."""
-    fools_student = predict(student, x_adv).argmax(1) != y.to(x_adv.device)
-    fools_teacher = predict(teacher, x_adv).argmax(1) != y.to(x_adv.device)
-    fooled = int(fools_student.sum())
-    return float((fools_student & fools_teacher).sum()) / fooled if fooled else float("nan")
-
-
 class AdversarialDistillation(EpochSeeded):
     """Shared by the distillation trainers: the frozen teacher, ε, step size, steps and the
     student's BatchNorm mode while crafting (eval in every reference code)."""
@@ -162,7 +150,7 @@ class AdversarialDistillation(EpochSeeded):
     def ascend(self, student: nn.Module, x: torch.Tensor, objective: Callable[[torch.Tensor], torch.Tensor],
                epoch: int) -> torch.Tensor:
         """x' maximising the scalar ``objective(x')`` by signed steps from x + 0.001·N(0, I)."""
-        with model_mode(student, self.bn_mode):
+        with in_mode(student, self.bn_mode):
             start = gaussian_start(x, self.eps, self.generator(x.device, epoch))
             return sign_ascent(objective, x, start, self.eps, self.alpha, self.steps)
 
@@ -191,7 +179,7 @@ class ARD(AdversarialDistillation):
                  temperature: float = 1.0, ce_weight: float = 0.0, bn_mode: str = "eval", seed: int = 0) -> None:
         super().__init__(teacher, eps, alpha, steps, bn_mode, seed)
         self.temperature, self.ce_weight = temperature, ce_weight
-        self.attack = attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, model_mode=bn_mode)
+        self.attack = attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, bn_mode=bn_mode)
 
     def __call__(self, student: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,7 +253,7 @@ class SAAD(AdversarialDistillation):
     the reported one.
 
     It also counts, per epoch, how many training x' fool the student and the teacher and the mean
-    weight of those that transfer and those that do not (:meth:`pop_weight_statistics`)."""
+    weight of those that transfer and those that do not (:meth:`epoch_statistics`)."""
 
     def __init__(self, teacher: nn.Module, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, *,
                  epochs: int, lam: float = 1.0, renyi_order: float = 1.0, igdm_weight: float = 1.0,
@@ -337,7 +325,7 @@ class SAAD(AdversarialDistillation):
         self._statistics = counts if self._statistics is None else self._statistics + counts
         self._seen += len(y)
 
-    def pop_weight_statistics(self) -> dict[str, float]:
+    def epoch_statistics(self) -> dict[str, float]:
         """Since the last call: ``train_transfer`` (of the training x' that fool the student, the
         fraction that fool the teacher) and the mean weight w of the x' that fool the teacher
         (``weight_fooling_teacher``) and of those the teacher still classifies correctly

@@ -1,5 +1,5 @@
 """DYNAT, dynamic label adversarial training (seed 002: "Dynamic Label Adversarial Training for Deep
-Learning Robustness Against Adversarial Attacks", Sec. 3.2–3.4), and its AWP variants.
+Learning Robustness Against Adversarial Attacks", Sec. 3.2–3.4), and its AWP variants (chapter 8).
 
 A guide G (clean-trained, weak) and a target S (adversarially trained) learn together from scratch
 under one optimiser. The target never sees the ground truth: its labels are the guide's current
@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.base import model_mode
+from ..attacks.primitives import in_mode
+from ..training import Hooks
 from . import DEFENSES
 from .adversarial_training import EpochSeeded, kl_clean_adversarial, maximize_linf, trades_adversarial, trades_loss
 from .awp import AdversarialWeightPerturbation
@@ -61,7 +62,7 @@ def dynat_awp_loss(guide_logits: torch.Tensor, target_logits_clean: torch.Tensor
             + beta * kl_clean_adversarial(target_logits_clean, target_logits_adv))
 
 
-class LabelAgreement:
+class LabelAgreement(Hooks):
     """Counts how often the dynamic labels equal the ground truth, for the "weak to strong" curve."""
 
     def __init__(self) -> None:
@@ -73,11 +74,12 @@ class LabelAgreement:
         self._agreed = self._agreed + (labels == ground_truth).sum()
         self._seen += len(labels)
 
-    def pop_label_agreement(self) -> float:
-        """The fraction of dynamic labels equal to y since the last call (nan if none), then reset."""
+    def epoch_statistics(self) -> dict[str, float]:
+        """``label_agreement``: the fraction of dynamic labels equal to y since the last call (nan if
+        none), then reset; :func:`~advlib.training.fit` records it once per epoch."""
         agreement = int(self._agreed) / self._seen if self._seen else float("nan")
         self._agreed, self._seen = 0, 0
-        return agreement
+        return {"label_agreement": agreement}
 
 
 def _check_pair(model: nn.Module) -> GuideAndTarget:
@@ -119,7 +121,7 @@ class DYNAT(EpochSeeded, LabelAgreement):
 
     def craft_on_labels(self, target: nn.Module, x: torch.Tensor, labels: torch.Tensor, epoch: int) -> torch.Tensor:
         """x' = argmax_{‖x' − x‖∞ ≤ ε} CE(S(x'), labels) by signed steps, S in ``bn_mode`` (Eq. 7)."""
-        with model_mode(target, self.bn_mode):
+        with in_mode(target, self.bn_mode):
             return maximize_linf(target, x, lambda logits: F.cross_entropy(logits, labels), eps=self.eps,
                                  alpha=self.alpha, steps=self.steps, generator=self.generator(x.device, epoch))
 
@@ -144,7 +146,7 @@ class DYNATAWP(DYNAT, AdversarialWeightPerturbation):
     (γ = 0.005) against TRADES-AWP's loss CE(S(x), y) + 6 · KL(S(x) ‖ S(x')); then
     :func:`dynat_awp_loss` (λ = ``label_weight``, β = ``beta``) at the perturbed weights.
     ``inner="dynamic"`` is DYNAT-Inner-AWP (:class:`DYNATInnerAWP`). Pass the trainer to ``fit``
-    as a callback too, so the perturbation is removed after the optimiser's step."""
+    as the loss function: its ``after_step`` removes the perturbation after the optimiser's step."""
 
     def __init__(self, eps: float = 0.031, alpha: float = 0.007, steps: int = 10, label_weight: float = 1.0,
                  beta: float = 1.0, awp_gamma: float = 0.005, awp_from_epoch: int = 10, awp_beta: float = 6.0,
@@ -186,36 +188,3 @@ class DYNATInnerAWP(DYNATAWP):
         if options.pop("inner", "dynamic") != "dynamic":
             raise ValueError("DYNAT-Inner-AWP's inner step is the dynamic-label one; use 'dynat_awp' for TRADES's")
         super().__init__(**options, inner="dynamic")
-
-
-PAPER_COLUMNS = ("clean", "PGD-10", "PGD-20", "PGD-50", "CW", "AA")
-
-# Seed 002, Table 1 (CIFAR-10, WRN-34-10 target, ResNet-18 guide), accuracy in %, as published.
-PAPER_TABLE1: dict[str, dict[str, float]] = {name: dict(zip(PAPER_COLUMNS, row)) for name, row in {
-    "PGD-AT": (85.17, 56.07, 55.08, 54.88, 53.91, 51.69),
-    "TRADES": (85.72, 56.75, 56.1, 55.9, 53.87, 53.40),
-    "MART": (84.17, 58.98, 58.56, 58.06, 54.58, 51.10),
-    "FAT": (87.97, 50.31, 49.86, 48.79, 48.65, 47.48),
-    "GAIRAT": (86.30, 60.64, 59.54, 58.74, 45.57, 40.30),
-    "AWP": (85.57, 58.92, 58.13, 57.92, 56.03, 53.90),
-    "LBGAT": (88.22, 56.25, 54.66, 54.3, 54.29, 52.20),
-    "DYNAT": (89.16, 52.88, 51.78, 51.49, 50.88, 49.20),
-    "DYNAT-AWP (β = 0)": (90.27, 55.49, 54.49, 54.30, 53.28, 52.10),
-    "DYNAT-AWP (β = 1)": (88.41, 58.39, 57.71, 57.53, 55.48, 54.10),
-    "DYNAT-Inner-AWP (β = 1)": (86.21, 59.08, 58.22, 58.02, 56.24, 55.30),
-}.items()}
-
-# Seed 002, Table 2 (CIFAR-100, same architectures), accuracy in %, as published.
-PAPER_TABLE2: dict[str, dict[str, float]] = {name: dict(zip(PAPER_COLUMNS, row)) for name, row in {
-    "PGD-AT": (60.89, 32.19, 31.69, 31.45, 30.1, 27.86),
-    "TRADES": (58.61, 29.20, 28.66, 28.56, 27.05, 25.94),
-    "SAT": (62.82, 28.1, 27.17, 26.76, 27.32, 24.57),
-    "AWP": (60.38, 34.13, 33.86, 33.65, 31.12, 28.86),
-    "LBGAT": (60.64, 35.13, 34.75, 34.62, 30.65, 29.33),
-    "DYNAT": (67.25, 28.03, 26.97, 26.81, 26.62, 24.10),
-    "DYNAT-AWP (β = 1)": (62.29, 35.45, 35.09, 34.92, 31.50, 30.20),
-    "DYNAT-Inner-AWP (β = 1)": (58.87, 35.61, 35.09, 35.05, 32.10, 29.70),
-}.items()}
-
-# The paper's table for each dataset it reports on.
-PAPER_TABLES = {"cifar10": ("Table 1", PAPER_TABLE1), "cifar100": ("Table 2", PAPER_TABLE2)}

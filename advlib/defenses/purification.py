@@ -1,4 +1,4 @@
-"""Distillation-based purification (Koo, Chae & Lee, Applied Sciences 2023, Sec. 3).
+"""Distillation-based purification (Koo, Chae & Lee, Applied Sciences 2023, Sec. 3; chapters 3-5).
 
 A convolutional autoencoder P cleans an adversarial image x' before a fixed classifier f sees it.
 Two teachers with P's architecture are trained first — NT on clean images, AT on PGD examples
@@ -15,18 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import DEFENSES, frozen
-
-
-class Purified(nn.Module):
-    """``classifier(purifier(x))``: a purified classifier is just another model, so every attack
-    and evaluation can take it (and attack it end to end, which the paper's protocol does not)."""
-
-    def __init__(self, purifier: nn.Module, classifier: nn.Module) -> None:
-        super().__init__()
-        self.purifier, self.classifier = purifier, classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.purifier(x))
 
 
 def reconstruction_loss(purified: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
@@ -171,50 +159,3 @@ class StudentLoss:
             centred = (difference - difference.mean(1, keepdim=True)).pow(2).mean()
             parts[name] = {"kl": kl.item(), "mse": mse.item(), "centred_mse": centred.item()}
         return parts
-
-
-# Koo et al. 2023, Table 1 (CIFAR-10, ResNet56 at 89.46 % clean), accuracy in %.
-PAPER_TABLE1: dict[str, dict[str, float]] = {
-    "Original": {"ours": 89.46, "NRP": 89.46, "SOAP": 89.46},
-    "PGD8": {"ours": 40.20, "NRP": 35.07, "SOAP": 39.14},
-    "PGD16": {"ours": 33.57, "NRP": 35.57, "SOAP": 35.65},
-    "FGSM": {"ours": 40.12, "NRP": 39.79, "SOAP": 37.43},
-    "BIM": {"ours": 38.37, "NRP": 31.96, "SOAP": 40.18},
-    "CW": {"ours": 56.87, "NRP": 57.24, "SOAP": 79.22},
-    "AA": {"ours": 46.91, "NRP": 12.34, "SOAP": 41.03},
-}
-
-# Koo et al. 2023, Table 2 (ablation), accuracy in %. Rows as in the paper, top to bottom.
-PAPER_TABLE2: dict[str, dict[str, float]] = {
-    "AT teacher, no KD": {"PGD8": 34.16, "PGD16": 28.01, "FGSM": 38.07, "BIM": 33.29, "CW": 56.54, "AA": 43.20},
-    "KD from AT": {"PGD8": 35.46, "PGD16": 28.70, "FGSM": 38.42, "BIM": 34.92, "CW": 56.32, "AA": 42.77},
-    "KD from NT": {"PGD8": 35.77, "PGD16": 29.47, "FGSM": 36.93, "BIM": 34.88, "CW": 57.90, "AA": 40.50},
-    "KD from AT and NT": {"PGD8": 40.20, "PGD16": 33.57, "FGSM": 40.12, "BIM": 38.37, "CW": 56.87, "AA": 46.91},
-}
-
-
-def gray_box_evaluation(classifier: nn.Module, purifiers: dict[str, nn.Module], attacks: dict[str, object],
-                        x: torch.Tensor, y: torch.Tensor, subsets: dict[str, int] | None = None,
-                        batch_size: int = 500) -> dict[str, dict[str, float]]:
-    """The paper's protocol (Sec. 4.1): x' is crafted on the classifier f alone, then each column
-    reports the accuracy of f(P(x')) ("no defence": f(x')). Row "Original" uses the clean images.
-
-    ``attacks`` maps a row name to an attack object; ``subsets`` optionally limits a row to its
-    first n images (AutoAttack on a CPU). Returns ``{row: {column: accuracy in [0, 1]}}``.
-    """
-    from ..evaluation import accuracy
-
-    def row(images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        result = {"no defence": accuracy(classifier, images, labels, batch_size)}
-        for name, purifier in purifiers.items():
-            result[name] = accuracy(Purified(purifier, classifier), images, labels, batch_size)
-        return result
-
-    table = {"Original": {**row(x, y), "images": len(x)}}
-    for name, attack in attacks.items():
-        n = (subsets or {}).get(name) or len(x)
-        xs, ys = x[:n], y[:n]
-        adversarial = torch.cat([attack(classifier, xs[i:i + batch_size], ys[i:i + batch_size])
-                                 for i in range(0, n, batch_size)]) if n else xs
-        table[name] = {**row(adversarial, ys), "images": n}
-    return table

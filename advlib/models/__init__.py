@@ -1,4 +1,5 @@
-"""Model registry: ``advlib.models.build("resnet56", num_classes=10, in_channels=3)``.
+"""Model registry: ``advlib.models.build("resnet56", num_classes=10, in_channels=3)`` (chapter 1
+introduces it; each architecture says which chapter uses it).
 
 Every classifier takes images in [0, 1]; the dataset's normalisation is the first layer of the
 model (``normalize``), so attacks and ε-balls always live in pixel space and nothing normalises twice.

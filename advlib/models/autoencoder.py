@@ -1,4 +1,5 @@
-"""The convolutional autoencoder of the purification paper (Koo, Chae & Lee 2023, Sec. 3.1, Fig. 1).
+"""The convolutional autoencoder of the purification paper (Koo, Chae & Lee 2023, Sec. 3.1, Fig. 1;
+chapter 3).
 
 Encoder: ``blocks`` blocks of Conv → BatchNorm → ReLU; decoder: ``blocks`` blocks of
 ConvTranspose → BatchNorm → ReLU, then tanh. The paper gives 15 + 15 blocks, symmetric skip

@@ -1,9 +1,10 @@
-"""Accuracy, predictions and confusion matrices, batched, in eval mode, without gradients."""
+"""Predictions, accuracy and confusion matrices, batched, in eval mode, without gradients (chapter 1)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..attacks.primitives import check_labels, in_mode
 
 
 @torch.no_grad()
@@ -14,19 +15,19 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
     too (a bf16 forward pass can flip examples that sit on the decision boundary). An empty ``x``
     gives an empty (0, classes) tensor: the model runs on the empty batch."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        starts = range(0, len(x), batch_size) if len(x) else [0]
+    if x.is_floating_point() and x.numel() and not torch.isfinite(x).all():
+        raise ValueError("x holds NaN or infinite pixels; check what produced them (a diverged purifier or attack)")
+    starts = range(0, len(x), batch_size) if len(x) else [0]
+    with in_mode(model, "eval"):
         return torch.cat([model(x[start:start + batch_size].to(device)).float() for start in starts])
-    finally:
-        model.train(was_training)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
     """Fraction of ``x`` that ``model`` classifies as ``y`` (nan for no images: there is nothing to
     measure)."""
-    return (predict(model, x, batch_size).argmax(1).cpu() == y.cpu()).float().mean().item()
+    logits = predict(model, x, batch_size)
+    check_labels(y, logits.shape[1])
+    return (logits.argmax(1).cpu() == y.cpu()).float().mean().item()
 
 
 def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Robust accuracy under a list of attacks, batched, with the per-example worst case.
+"""Robust accuracy under a list of attacks, batched, with the per-example worst case (chapter 2).
 
 An example counts as robust only if it is classified correctly clean *and* after every attack
 (as in AutoAttack, Croce & Hein 2020: the worst case over attacks is taken per example, never per
@@ -13,9 +13,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..evaluation import predict
-from ._checks import RANGE_TOLERANCE, check_inputs
-from .base import Attack
+from ..attacks.base import Attack
+from ..attacks.primitives import RANGE_TOLERANCE, check_inputs, check_labels
+from .prediction import predict
 
 # An L∞ attack may overshoot its budget by float rounding (x + ε − x ≠ ε), never by more.
 EPS_TOLERANCE = 1e-6
@@ -110,7 +110,9 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     if unknown:
         raise ValueError(f"keep_adversarial names attacks that are not run: {sorted(unknown)}; attacks: {names}")
     device = next(model.parameters()).device
-    clean = (predict(model, x, batch_size).argmax(1) == y.to(device)).cpu()
+    logits = predict(model, x, batch_size)
+    check_labels(y, logits.shape[1])
+    clean = (logits.argmax(1) == y.to(device)).cpu()
     survivors = clean.clone()
     report = RobustnessReport(clean, {}, survivors, cascade=cascade)
     for name, attack in named:

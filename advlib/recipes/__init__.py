@@ -1,0 +1,20 @@
+"""The book's trained artifacts, each "load if present, else train" under its configuration hash.
+
+A notebook asks for what it needs (``recipes.classifier(run)``); whichever notebook runs first
+trains it, every later one loads it, and each notebook still runs on its own. One module per part
+of the book, all re-exported here.
+"""
+from __future__ import annotations
+
+from .common import NETWORK_ROLES, Method, held_out_robustness, network, test_set, training_data  # noqa: F401
+from .classifier import classifier, classifier_config  # noqa: F401
+from .purification import (ABLATION, adversarial_pairs, gray_box_tables, purifier_config,  # noqa: F401
+                           purifier_student, purifier_student_loss, purifier_teacher)
+from .adversarial_training import (AT_COLUMNS, AT_METHODS, adversarial_training_config,  # noqa: F401
+                                   adversarially_trained, at_evaluation, at_table, save_at_dynat)
+from .distillation import (DISTILLATION_COLUMNS, DISTILLATION_METHODS, DISTILLED, TEACHER_LABEL,  # noqa: F401
+                           distillation_config, distillation_evaluation, distillation_table,
+                           distillation_teacher, distillation_teacher_config, distillation_trainer,
+                           distilled_student, robustbench_model, saad_weights, teacher_passes)
+from .leaderboard import (PURIFIER, PURIFIER_TEACHER, THREATS, Defence, checklist, defences,  # noqa: F401
+                          leaderboard, outcomes)

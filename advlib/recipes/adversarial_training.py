@@ -1,0 +1,130 @@
+"""Chapters 6 and 8: adversarially trained models — standard training, PGD-AT, TRADES, DYNAT and
+its AWP variants — and one row of DYNAT's Table 1 for each."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import attacks, cache, defenses, papers
+from ..config import Run
+from ..evaluation import accuracy, reporting, robustness_row
+from ..training import fit
+from .common import Method, autoattack_examples, held_out_robustness, network, test_set, training_data
+
+# The DYNAT methods train a guide and a target together; labels are the paper's row names.
+AT_METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("standard", "Standard", "standard"),
+    Method("pgd_at", "PGD-AT", "pgd_at", "pgd_at"),
+    Method("trades", "TRADES", "trades", "trades"),
+    Method("dynat", "DYNAT", "dynat", "dynat", {"inner": "dynamic"}),
+    Method("dynat_no_inner", "DYNAT without inner optimisation", "dynat", "dynat", {"inner": "ground_truth"}),
+    Method("dynat_awp_beta0", "DYNAT-AWP (β = 0)", "dynat_awp", "dynat_awp", {"beta": 0.0}),
+    Method("dynat_awp", "DYNAT-AWP (β = 1)", "dynat_awp", "dynat_awp", {"beta": 1.0}),
+    Method("dynat_inner_awp", "DYNAT-Inner-AWP (β = 1)", "dynat_inner_awp", "dynat_awp", {"beta": 1.0}),
+)}
+
+AT_COLUMNS = papers.DYNAT_COLUMNS
+
+_AT_TRAINING_KEYS = ("target", "normalize", "train_subset", "holdout", "batch_size", "epochs", "augment",
+                     "optimizer", "schedule", "averaging")
+
+
+def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
+    """Everything that determines the weights of ``method`` trained under ``run``'s profile."""
+    if method not in AT_METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(AT_METHODS)}")
+    spec = run.config["adversarial_training"]
+    recipe = AT_METHODS[method]
+    config = {"method": method, "trainer": recipe.trainer, "dataset": run.dataset, "seed": run.seed,
+              **{k: spec[k] for k in _AT_TRAINING_KEYS}}
+    if recipe.section is not None:
+        options = {**spec["train_attack"], **spec[recipe.section], **recipe.fixed}
+        if recipe.section == "dynat_awp":
+            by_dataset = spec["dynat_awp_label_weight_by_dataset"]
+            options["label_weight"] = by_dataset.get(run.dataset, options["label_weight"])
+            options["awp_from_epoch"] = round(options.pop("awp_start") * spec["epochs"]) + 1
+        config["trainer_options"] = options
+    if recipe.trainer.startswith("dynat"):
+        config["guide"] = spec["guide"]
+    return config
+
+
+def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The model of ``method`` (a key of :data:`AT_METHODS`), in eval mode, with its per-epoch
+    history: training loss/accuracy, clean and PGD-10 accuracy on a held-out slice of the training
+    set and, for DYNAT, the guide's held-out accuracy and how often the dynamic labels
+    argmax G(x) agreed with the ground truth during the epoch. DYNAT methods return the
+    :class:`~advlib.defenses.dynat.GuideAndTarget` pair, whose forward pass is the target's."""
+    config = adversarial_training_config(run, method)
+    spec = run.config["adversarial_training"]
+    target = network(run, "target")
+    model = defenses.dynat.GuideAndTarget(network(run, "guide"), target) if "guide" in config else target
+    trainer = defenses.build(config["trainer"], **config.get("trainer_options", {}), seed=run.seed)
+    averaging = config["averaging"] and {**config["averaging"], "module": "target" if "guide" in config else None}
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        loader, x_val, y_val = training_data(run, config)
+        val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            record = held_out_robustness(m, x_val, y_val, val_attack)
+            if isinstance(m, defenses.dynat.GuideAndTarget):
+                record["guide_val_acc"] = accuracy(m.guide, x_val, y_val)
+            return record
+
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
+                   schedule=config["schedule"], loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate,
+                   desc=method, averaging=averaging)
+
+    model, history = cache.load_or_train(f"at-{method}", config, model, train)
+    return model.eval(), history
+
+
+def at_evaluation(run: Run, method: str) -> dict[str, Any]:
+    """One row of DYNAT's Table 1 for ``method``: accuracy (in [0, 1]) clean and under PGD-10/20/50
+    and CW-∞ (each attack on its own, on the profile's ``eval_subset`` test images), and under
+    AutoAttack (standard) on the first ``autoattack_subset`` of them, with PGD-20 on those same
+    images for the sanity check AA ≤ PGD-20 (:func:`~advlib.evaluation.protocols.robustness_row`).
+    Cached like a trained model."""
+    spec = run.config["adversarial_training"]
+    evaluation = spec["evaluation"]
+    config = {"model": adversarial_training_config(run, method), **evaluation, "eval_attack": spec["eval_attack"]}
+
+    def compute() -> dict[str, torch.Tensor]:
+        model, _ = adversarially_trained(run, method)
+        x, y = test_set(run, evaluation["eval_subset"])
+        eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
+        named = {f"PGD-{steps}": attacks.build("pgd", eps=eps, alpha=alpha, steps=steps, seed=run.seed)
+                 for steps in (10, 20, 50)}
+        named["CW"] = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
+                                    restarts=evaluation["cw_restarts"], seed=run.seed)
+        x_aa = autoattack_examples(run, config["model"], lambda: model, eps, evaluation)
+        row = robustness_row(model, x, y, named, x_aa)
+        return {key: torch.tensor(float(value)) for key, value in row.items()}
+
+    stored = cache.load_or_compute("at-evaluation", config, compute)
+    return reporting.stored_row(stored, AT_METHODS[method].label)
+
+
+def at_table(run: Run, methods: list[str], save: bool = False) -> list[dict[str, Any]]:
+    """The rows of ``methods`` (:func:`at_evaluation`); with ``save`` (chapter 8, which holds every
+    row) also written to ``at_dynat.json`` together with, in the paper profile, the rows of the
+    seed's table for the dataset (Table 1 for CIFAR-10, Table 2 for CIFAR-100) labelled as the
+    paper's. Every accuracy is a fraction in [0, 1]."""
+    rows = [at_evaluation(run, method) for method in methods]
+    if save:
+        save_at_dynat(run, rows)
+    return rows
+
+
+def save_at_dynat(run: Run, rows: list[dict[str, Any]]) -> Any:
+    """Write ``at_dynat.json``: our ``rows`` and, in the paper profile, the rows of the seed's table
+    for the dataset, labelled as the paper's (accuracies as fractions, like ours)."""
+    table = list(rows)
+    if run.profile == "paper" and run.dataset in papers.DYNAT_TABLES:
+        name, paper_rows = papers.DYNAT_TABLES[run.dataset]
+        table += [{"method": method, "source": f"paper ({name})", **{k: v / 100 for k, v in values.items()}}
+                  for method, values in paper_rows.items()]
+    return run.save_results("at_dynat", table)

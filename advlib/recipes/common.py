@@ -1,0 +1,107 @@
+"""What every part of the book trains with: a method's description, the network for a role, the
+training data with its held-out slice, and the test images (chapter 1 introduces them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import cache, data, models
+from ..config import Run, prepare_model
+from ..evaluation import accuracy, predict, transfer_rate
+from ..evaluation.protocols import BPDAPurified, autoattack_standard, craft
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the book's tables: its ``name`` (cache and JSON key), its ``label`` (as the paper
+    names it), the ``trainer`` registered in :mod:`advlib.defenses`, the profile ``section`` with
+    the trainer's options, and the ``fixed`` options that make this variant."""
+
+    name: str
+    label: str
+    trainer: str
+    section: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+# role -> (profile section, key of the architecture in it)
+NETWORK_ROLES = {"classifier": ("classifier", None), "purifier": ("purification", "autoencoder"),
+                 "target": ("adversarial_training", "target"), "guide": ("adversarial_training", "guide"),
+                 "student": ("distillation", "student")}
+
+
+def network(run: Run, role: str, **architecture: Any) -> nn.Module:
+    """A freshly initialised network for ``role`` in ``run``'s profile, on the run's device: the
+    chapter-1 ``"classifier"``, the ``"purifier"`` autoencoder (chapters 3-5), the adversarially
+    trained ``"target"`` and DYNAT's ``"guide"`` (chapters 6 and 8), the distilled ``"student"``
+    (chapter 7). ``architecture`` overrides the profile's settings (e.g. ``skips=False``)."""
+    if role not in NETWORK_ROLES:
+        raise ValueError(f"unknown network role {role!r}; known roles: {', '.join(NETWORK_ROLES)}")
+    section, key = NETWORK_ROLES[role]
+    spec = run.config[section]
+    meta = data.info(run.dataset)
+    if role == "classifier":
+        net = models.for_dataset(spec["arch"], run.dataset)
+    elif role == "purifier":
+        net = models.build("cae", in_channels=meta.in_channels, **{**spec[key], **architecture})
+    else:
+        params = {k: v for k, v in {**spec[key], **architecture}.items() if k != "arch"}
+        if spec["normalize"]:
+            net = models.for_dataset(spec[key]["arch"], run.dataset, **params)
+        else:
+            net = models.build(spec[key]["arch"], meta.num_classes, meta.in_channels, **params)
+    return prepare_model(net, run.device)
+
+
+def training_data(run: Run, config: dict[str, Any]) -> tuple[data.TensorLoader, torch.Tensor, torch.Tensor]:
+    """The shuffled (optionally augmented) training loader of ``config`` and its held-out slice."""
+    train_set = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
+    train_set, holdout = train_set.split(config["holdout"], run.seed)
+    x_val, y_val = holdout.tensors(run.device)
+    loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, augment=config["augment"],
+                               drop_last=True, device=run.device, seed=run.seed)
+    return loader, x_val, y_val
+
+
+def test_set(run: Run, subset: int | None | str = "profile") -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images (floats in [0, 1]) and labels on the run's device; ``subset`` defaults to the
+    profile's ``eval_subset`` (a fixed random sample, the same in every chapter)."""
+    n = run.config["eval_subset"] if subset == "profile" else subset
+    return data.load(run.dataset, "test").subset(n, seed=0).tensors(run.device)
+
+
+def autoattack_examples(run: Run, model_config: dict[str, Any], load: Callable[[], nn.Module], eps: float,
+                        section: dict[str, Any], bpda: bool = False) -> torch.Tensor:
+    """AutoAttack's (standard) examples, on the CPU, of the first ``autoattack_subset`` (all if absent
+    or None) of the ``eval_subset`` test images, crafted white-box on the model ``load()`` returns
+    (with ``bpda``, on the BPDA version of that purified model), with the budgets of ``section``
+    (a chapter's ``evaluation`` or the ``leaderboard``). Cached by what determines them, so chapter
+    9's leaderboard reuses what chapters 6-8 computed whenever the settings agree."""
+    x, y = test_set(run, section["eval_subset"])
+    n = min(section.get("autoattack_subset") or len(x), len(x))
+    key = {"model": model_config, "eps": eps, "bpda": bpda, "eval_subset": section["eval_subset"], "images": n,
+           "iterations": section["autoattack_iterations"], "square_queries": section["square_queries"],
+           "seed": run.seed}
+
+    def compute() -> dict[str, torch.Tensor]:
+        model = load()
+        source = BPDAPurified(model.purifier, model.classifier).eval() if bpda else model
+        return {"x_adv": craft(autoattack_standard(eps, section, run.seed), source, x[:n], y[:n])}
+
+    return cache.load_or_compute("autoattack-examples", key, compute)["x_adv"]
+
+
+def held_out_robustness(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, attack: Any,
+                        transfer_to: nn.Module | None = None) -> dict[str, float]:
+    """The per-epoch curves of chapters 6-8: clean and PGD-10 accuracy on the held-out slice and,
+    with ``transfer_to`` (chapter 7's teacher), the transfer rate of the PGD-10 examples of the
+    images ``model`` classifies correctly."""
+    correct = predict(model, x_val).argmax(1) == y_val
+    x_adv = attack(model, x_val, y_val)
+    record = {"val_clean": correct.float().mean().item(), "val_pgd10": accuracy(model, x_adv, y_val)}
+    if transfer_to is not None:
+        record["val_transfer"] = transfer_rate(model, transfer_to, x_adv[correct], y_val[correct])
+    return record

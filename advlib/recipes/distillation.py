@@ -1,0 +1,191 @@
+"""Chapter 7: adversarial distillation — the robust teacher, the students of ARD, RSLAD, AdaAD, IGDM
+and SAAD (Lee & Chung 2026), their evaluation with the transfer rate, and SAAD's per-sample weights."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import attacks, cache, defenses, paths
+from ..config import Run, prepare_model
+from ..evaluation import reporting, robustness_row
+from ..training import fit
+from .adversarial_training import adversarial_training_config, adversarially_trained
+from .common import Method, autoattack_examples, held_out_robustness, network, test_set, training_data
+
+DISTILLATION_METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("standard", "Standard student (no teacher)", "standard"),
+    Method("ard", "ARD", "ard", "ard"),
+    Method("rslad", "RSLAD", "rslad", "rslad"),
+    Method("adaad", "AdaAD", "adaad", "adaad"),
+    Method("igdm", "IGDM (on AdaAD)", "igdm", "igdm"),
+    Method("saad", "SAAD", "saad", "saad"),
+)}
+DISTILLED = [name for name in DISTILLATION_METHODS if name != "standard"]
+TEACHER_LABEL = "Teacher"
+
+DISTILLATION_COLUMNS = ("clean", "FGSM", "PGD-20", "CW", "AA")
+
+_DISTILLATION_TRAINING_KEYS = ("student", "normalize", "train_subset", "holdout", "batch_size", "epochs",
+                               "augment", "optimizer", "schedule")
+
+
+def distillation_teacher_config(run: Run) -> dict[str, Any]:
+    """What determines the teacher: chapter 6's method ``teacher`` under this profile, or the
+    RobustBench model named by ``robustbench_teacher``."""
+    spec = run.config["distillation"]
+    if spec["robustbench_teacher"]:
+        return {"robustbench": spec["robustbench_teacher"], "dataset": run.dataset}
+    return adversarial_training_config(run, spec["teacher"])
+
+
+def robustbench_model(name: str, dataset: str) -> nn.Module:
+    """A RobustBench L∞ model by name (it normalises its input itself). Needs the ``robustbench``
+    package and, the first time, the network: the weights are downloaded into the advlib cache."""
+    try:
+        from robustbench.utils import load_model
+    except ImportError as error:
+        raise ImportError("robustbench_teacher needs the robustbench package: "
+                          "pip install git+https://github.com/RobustBench/robustbench ; or leave "
+                          "robustbench_teacher empty to train the teacher of chapter 6") from error
+    if dataset not in ("cifar10", "cifar100"):
+        raise ValueError(f"RobustBench has L-inf models for cifar10 and cifar100, not {dataset!r}")
+    try:
+        return load_model(model_name=name, dataset=dataset, threat_model="Linf",
+                          model_dir=str(paths.cache_dir() / "robustbench"))
+    except Exception as error:
+        raise RuntimeError(f"could not load the RobustBench model {name!r} for {dataset} ({error}); its weights "
+                           "are downloaded on first use, so this needs the network once") from error
+
+
+def distillation_teacher(run: Run) -> nn.Module:
+    """The robust teacher of chapter 7, in eval mode: chapter 6's model (trained if not cached) or a
+    RobustBench model."""
+    spec = run.config["distillation"]
+    if spec["robustbench_teacher"]:
+        return prepare_model(robustbench_model(spec["robustbench_teacher"], run.dataset), run.device).eval()
+    return adversarially_trained(run, spec["teacher"])[0]
+
+
+def distillation_config(run: Run, method: str) -> dict[str, Any]:
+    """Everything that determines the weights of the student of ``method`` (a key of
+    :data:`DISTILLATION_METHODS`) under ``run``'s profile."""
+    if method not in DISTILLATION_METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; known methods: {', '.join(DISTILLATION_METHODS)}")
+    spec = run.config["distillation"]
+    recipe = DISTILLATION_METHODS[method]
+    config = {"method": method, "dataset": run.dataset, "seed": run.seed,
+              **{k: spec[k] for k in _DISTILLATION_TRAINING_KEYS}}
+    if recipe.section is not None:
+        options = {**spec["train_attack"], **spec[recipe.section], **recipe.fixed}
+        if method in ("igdm", "saad"):
+            options["epochs"] = spec["epochs"]
+            options["igdm_weight"] = spec["igdm_weight_by_dataset"].get(run.dataset, options["igdm_weight"])
+        config["teacher"] = distillation_teacher_config(run)
+        config["trainer_options"] = options
+    config["averaging"] = spec["averaging"] if method == "saad" or spec["average_baselines"] else None
+    return config
+
+
+def distillation_trainer(run: Run, method: str, teacher: nn.Module) -> Any:
+    """The trainer of ``method`` with the profile's options, distilling from ``teacher``."""
+    config = distillation_config(run, method)
+    if "trainer_options" not in config:
+        return defenses.build(DISTILLATION_METHODS[method].trainer, seed=run.seed)
+    return defenses.build(DISTILLATION_METHODS[method].trainer, teacher=teacher, **config["trainer_options"],
+                          seed=run.seed)
+
+
+def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The student of ``method`` in eval mode (SAAD's is the SWA average), with its per-epoch history:
+    training loss/accuracy, held-out clean and PGD-10 accuracy and ``val_transfer``, the
+    :func:`~advlib.evaluation.protocols.transfer_rate` of the student's held-out PGD-10 examples
+    (crafted on the images it classifies correctly) to the teacher; for SAAD also its
+    :meth:`~advlib.defenses.distillation.SAAD.epoch_statistics`."""
+    config = distillation_config(run, method)
+    spec = run.config["distillation"]
+    model = network(run, "student")
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        teacher = distillation_teacher(run)
+        loader, x_val, y_val = training_data(run, config)
+        val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
+                   schedule=config["schedule"], loss_fn=distillation_trainer(run, method, teacher),
+                   checkpoint=checkpoint, desc=method, averaging=config["averaging"],
+                   evaluate=lambda student: held_out_robustness(student, x_val, y_val, val_attack, teacher))
+
+    model, history = cache.load_or_train(f"distilled-{method}", config, model, train)
+    return model.eval(), history
+
+
+def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
+    """One row of the SAAD comparison for ``"teacher"`` or a student of :data:`DISTILLATION_METHODS`:
+    accuracy (in [0, 1]) clean and under FGSM, PGD-20 and CW-∞ (each on its own, on the profile's
+    ``eval_subset`` test images), AutoAttack (standard) on the first ``autoattack_subset`` with
+    PGD-20 on the same images, and for students ``transfer``: the transfer rate to the teacher of the
+    student's PGD-20 examples of the images it classifies correctly. Cached like a trained model."""
+    spec = run.config["distillation"]
+    evaluation = spec["evaluation"]
+    model_config = distillation_teacher_config(run) if method == "teacher" else distillation_config(run, method)
+    config = {"model": model_config, "teacher": distillation_teacher_config(run), **evaluation,
+              "eval_attack": spec["eval_attack"]}
+
+    def compute() -> dict[str, torch.Tensor]:
+        teacher = distillation_teacher(run)
+        model = teacher if method == "teacher" else distilled_student(run, method)[0]
+        x, y = test_set(run, evaluation["eval_subset"])
+        eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
+        named = {"FGSM": attacks.build("fgsm", eps=eps),
+                 "PGD-20": attacks.build("pgd", eps=eps, alpha=alpha, steps=20, seed=run.seed),
+                 "CW": attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
+                                     restarts=evaluation["cw_restarts"], seed=run.seed)}
+        x_aa = autoattack_examples(run, model_config, lambda: model, eps, evaluation)
+        row = robustness_row(model, x, y, named, x_aa, transfer_to=None if method == "teacher" else teacher)
+        return {key: torch.tensor(float(value)) for key, value in row.items()}
+
+    stored = cache.load_or_compute("distillation-evaluation", config, compute)
+    label = TEACHER_LABEL if method == "teacher" else DISTILLATION_METHODS[method].label
+    return reporting.stored_row(stored, label)
+
+
+def distillation_table(run: Run) -> dict[str, dict[str, Any]]:
+    """The teacher's row and every student's (:func:`distillation_evaluation`), by method, written to
+    ``distillation.json`` (every accuracy a fraction in [0, 1])."""
+    rows = {method: distillation_evaluation(run, method) for method in ("teacher", *DISTILLATION_METHODS)}
+    run.save_results("distillation", list(rows.values()))
+    return rows
+
+
+def teacher_passes(run: Run, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
+    """For every distillation method, one training step of a fresh student on ``(x, y)``: its loss,
+    how many forward passes of the teacher it took, and its wall time in milliseconds."""
+    calls: list[int] = []
+    hook = teacher.register_forward_hook(lambda *_: calls.append(1))
+    rows = []
+    try:
+        for method in DISTILLED:
+            trainer = distillation_trainer(run, method, teacher)
+            calls.clear()
+            started = time.perf_counter()
+            loss, _ = trainer(network(run, "student").train(), x, y, epoch=0)
+            loss.backward()
+            rows.append({"method": DISTILLATION_METHODS[method].label, "loss": loss.item(),
+                         "teacher passes": len(calls), "ms": 1000 * (time.perf_counter() - started)})
+    finally:
+        hook.remove()
+    return rows
+
+
+def saad_weights(run: Run, student: nn.Module, teacher: nn.Module, x: torch.Tensor, y: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAAD's per-sample weights w for ``student`` on ``(x, y)``, computed batch by batch as in
+    training (:meth:`~advlib.defenses.distillation.SAAD.sample_weights`), and whether each x' fools
+    the teacher; both on the CPU."""
+    saad = distillation_trainer(run, "saad", teacher)
+    size = run.config["distillation"]["batch_size"]
+    looks = [saad.sample_weights(student, x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+    return (torch.cat([look["weight"] for look in looks]).cpu(),
+            torch.cat([look["fools_teacher"] for look in looks]).cpu())

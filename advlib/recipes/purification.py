@@ -1,0 +1,166 @@
+"""Chapters 3-5: the purifiers of distillation-based purification (Koo et al. 2023) — the PGD
+training pairs, the NT and AT teachers, the distilled students — and the paper's gray-box tables."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import attacks, cache, data, defenses, papers
+from ..attacks.primitives import project_linf
+from ..config import PURIFICATION_ATTACKS, Run
+from ..evaluation import Purified, accuracy, gray_box, predict
+from ..training import fit
+from .classifier import classifier, classifier_config
+from .common import network, test_set
+
+_PURIFIER_TRAINING_KEYS = ("autoencoder", "batch_size", "optimizer", "schedule")
+
+
+def _pairs_config(run: Run) -> dict[str, Any]:
+    spec = run.config["purification"]
+    return {"dataset": run.dataset, "seed": run.seed, "classifier": classifier_config(run),
+            "train_subset": spec["train_subset"], "train_attack": spec["train_attack"]}
+
+
+def adversarial_pairs(run: Run) -> tuple[data.ImageSet, Any]:
+    """The purifiers' training set: clean training images and PGD examples crafted once on the
+    frozen chapter-01 classifier (ε 8/255, α 2/255). f is fixed, so x' depends on nothing the
+    purifiers learn, and crafting it once serves both teachers and every student."""
+    config = _pairs_config(run)
+    clean = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
+    attack_spec = dict(config["train_attack"])
+    attack = attacks.build(attack_spec.pop("name"), seed=run.seed, **attack_spec)
+
+    def compute() -> dict[str, torch.Tensor]:
+        model, _ = classifier(run)
+        loader = data.TensorLoader(clean, 256, device=run.device)
+        generator = torch.Generator(device=run.device).manual_seed(run.seed)
+        crafted = [attack(model, x, y, generator=generator).cpu().half() for x, y in loader]
+        return {"adversarial": torch.cat(crafted)}
+
+    stored = cache.load_or_compute("purifier-pairs", config, compute)["adversarial"]
+    x_clean = clean.images.float() / 255
+    return clean, project_linf(stored.float(), x_clean, attack_spec["eps"])
+
+
+def _purifier_config(run: Run, role: str, extra: dict[str, Any], epochs: int,
+                     architecture: dict[str, Any] | None = None) -> dict[str, Any]:
+    spec = run.config["purification"]
+    config = {"role": role, **_pairs_config(run), **{k: spec[k] for k in _PURIFIER_TRAINING_KEYS},
+              "epochs": epochs, **extra}
+    config["autoencoder"] = {**spec["autoencoder"], **(architecture or {})}
+    return config
+
+
+def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Callable[[], Any], epochs: int,
+              architecture: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Load or train one autoencoder on the adversarial pairs with the loss ``loss_fn_factory()``;
+    ``architecture`` overrides the profile's autoencoder settings (e.g. ``skips=False``)."""
+    config = _purifier_config(run, role, extra, epochs, architecture)
+    model = network(run, "purifier", **(architecture or {}))
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        clean, adversarial = adversarial_pairs(run)
+        rest, held_out = data.split_indices(len(clean), min(500, len(clean) // 10), run.seed)
+        x_val, y_val = clean.select(held_out).tensors(run.device)
+        x_val_adv = adversarial[held_out].to(run.device)
+        frozen_classifier, _ = classifier(run)
+        loader = data.TensorLoader(clean.select(rest), config["batch_size"], shuffle=True, drop_last=True,
+                                   device=run.device, seed=run.seed, paired=adversarial[rest])
+
+        def evaluate(purifier: nn.Module) -> dict[str, float]:
+            purified = predict(purifier, x_val_adv)
+            return {"val_mse_adv": float(((purified - x_val) ** 2).mean()),
+                    "val_acc_adv": accuracy(Purified(purifier, frozen_classifier), x_val_adv, y_val)}
+
+        return fit(model, loader, epochs=epochs, optimizer=config["optimizer"], schedule=config["schedule"],
+                   loss_fn=loss_fn_factory(), checkpoint=checkpoint, evaluate=evaluate, desc=role)
+
+    model, history = cache.load_or_train(f"purifier-{role}", config, model, train)
+    return model.eval(), history
+
+
+def purifier_teacher(run: Run, kind: str, **architecture: Any) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The NT teacher (``kind="nt"``, MSE on clean images) or the AT teacher (``kind="at"``, MSE on
+    PGD examples plus the relativistic term through the frozen classifier), Koo et al. Sec. 3.2.
+    ``architecture`` trains a variant of the autoencoder instead (chapter 3: depth and skips)."""
+    if kind not in ("nt", "at"):
+        raise ValueError(f"teacher kind must be 'nt' or 'at', not {kind!r}")
+    spec = run.config["purification"]
+    if kind == "nt":
+        factory = lambda: defenses.build("purifier-nt")  # noqa: E731
+    else:
+        factory = lambda: defenses.build("purifier-at", classifier=classifier(run)[0])  # noqa: E731
+    return _purifier(run, f"teacher-{kind}", {}, factory, spec["teacher_epochs"], architecture)
+
+
+def purifier_student_loss(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> Any:
+    """The student's trainer (:class:`~advlib.defenses.purification.StudentLoss`) with the profile's
+    β, γ, KD space and teacher inputs, holding the cached (or freshly trained) ``teachers``."""
+    spec = run.config["purification"]
+    teacher_models = {kind: purifier_teacher(run, kind)[0] for kind in sorted(teachers)}
+    return defenses.build("purifier-kd", teachers=teacher_models, classifier=classifier(run)[0],
+                          **{k: spec[k] for k in _STUDENT_LOSS_KEYS})
+
+
+_STUDENT_LOSS_KEYS = ("beta", "gamma", "kd_space", "nt_sees_clean")
+
+
+def purifier_student(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The student purifier distilled from ``teachers`` (Koo et al. Sec. 3.3); the paper's purifier
+    uses both, the ablation (Table 2) one at a time."""
+    spec = run.config["purification"]
+    return _purifier(run, "student-" + "-".join(sorted(teachers)), _student_extra(run, teachers),
+                     lambda: purifier_student_loss(run, teachers), spec["student_epochs"])
+
+
+def _student_extra(run: Run, teachers: tuple[str, ...]) -> dict[str, Any]:
+    spec = run.config["purification"]
+    return {"teachers": sorted(teachers), **{k: spec[k] for k in _STUDENT_LOSS_KEYS},
+            "teacher_epochs": spec["teacher_epochs"]}
+
+
+def purifier_config(run: Run, role: str) -> dict[str, Any]:
+    """What determines the purifier ``role`` (``"teacher-at"``, ``"teacher-nt"`` or
+    ``"student-at-nt"``, …) as the cache keys it, for evaluations cached on top of it."""
+    spec = run.config["purification"]
+    if role.startswith("teacher-"):
+        return _purifier_config(run, role, {}, spec["teacher_epochs"])
+    teachers = tuple(role.removeprefix("student-").split("-"))
+    return _purifier_config(run, role, _student_extra(run, teachers), spec["student_epochs"])
+
+
+# Table 2's rows, and the purifier each is measured on (as named in :func:`gray_box_tables`).
+ABLATION = {"AT teacher, no KD": "AT teacher, no KD", "KD from AT": "KD from AT", "KD from NT": "KD from NT",
+            "KD from AT and NT": "ours"}
+
+
+def gray_box_tables(run: Run, purifiers: dict[str, nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The paper's Tables 1 and 2 under its protocol (:func:`~advlib.evaluation.protocols.gray_box`):
+    every attack of Sec. 4.1 crafted on the chapter-1 classifier alone, on the profile's test images
+    (AutoAttack on the first ``autoattack_subset``), scored through each of ``purifiers`` (which
+    must hold ``"ours"`` and the ablation's purifiers of :data:`ABLATION`). Accuracies in %, next to
+    the paper's; both tables are written to the results folder."""
+    spec = run.config["purification"]
+    model, _ = classifier(run)
+    x, y = test_set(run, spec["eval_subset"])
+    named = {name: attacks.build(**{**settings, "seed": run.seed}) for name, settings in PURIFICATION_ATTACKS.items()}
+    subsets = {"AA": spec["autoattack_subset"]} if spec["autoattack_subset"] else None
+    table = gray_box(model, purifiers, named, x, y, subsets=subsets)
+
+    def percent(value: float) -> float:
+        return round(100 * value, 2)
+
+    table1 = {row: {"no defence": percent(r["no defence"]), "ours": percent(r["ours"]), "images": r["images"],
+                    **{f"paper: {k}": v for k, v in papers.PURIFICATION_TABLE1[row].items()}}
+              for row, r in table.items()}
+    table2 = {row: {**{name: percent(r[column]) for name, column in ABLATION.items()},
+                    **{name: percent(r[name]) for name in purifiers if name not in ABLATION.values()},
+                    **{f"paper: {name}": papers.PURIFICATION_TABLE2[name][row] for name in ABLATION},
+                    "images": r["images"]}
+              for row, r in table.items() if row != "Original"}
+    run.save_results("purification_table1", table1)
+    run.save_results("purification_table2", table2)
+    return table1, table2

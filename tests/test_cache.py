@@ -1,0 +1,129 @@
+"""The artifact cache as a shared resource: keyed by code version, safe under concurrency, robust to
+corrupted files, group-readable, never the book's cache in tests; results carry provenance."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from advlib import cache, config, paths
+
+from conftest import BOOK_CACHE
+
+
+def _toy_train(calls: list[int]):
+    def train(model, checkpoint):
+        calls.append(1)
+        with torch.no_grad():
+            model.weight.fill_(float(len(calls)))
+        return [{"epoch": 1}]
+
+    return train
+
+
+def test_a_new_code_version_is_never_served_an_old_artifact(tmp_path, monkeypatch):
+    config_ = {"lr": 0.1}
+    calls: list[int] = []
+    cache.load_or_train("toy-kind", config_, torch.nn.Linear(2, 2), _toy_train(calls), root=tmp_path, verbose=False)
+    cache.load_or_train("toy-kind", config_, torch.nn.Linear(2, 2), _toy_train(calls), root=tmp_path, verbose=False)
+    assert len(calls) == 1, "the same code loads"
+    monkeypatch.setitem(cache.CODE_VERSIONS, "toy", 7)
+    assert cache.code_version("toy-kind") == 7 and cache.code_version("toyish") == 0
+    model, _ = cache.load_or_train("toy-kind", config_, torch.nn.Linear(2, 2), _toy_train(calls), root=tmp_path,
+                                   verbose=False)
+    assert len(calls) == 2 and model.weight[0, 0].item() == 2.0, "changed code recomputes"
+
+
+def test_every_kind_the_book_caches_has_a_code_version():
+    for kind in ("classifier", "purifier-pairs", "purifier-teacher-nt", "purifier-student-at-nt", "at-dynat_awp",
+                 "at-evaluation", "distilled-saad", "distillation-evaluation"):
+        assert cache.code_version(kind) >= 1, kind
+    assert cache.code_version("at-evaluation") == cache.CODE_VERSIONS["at-evaluation"], "the longest prefix wins"
+
+
+def test_a_corrupted_artifact_is_reported_moved_aside_and_recomputed(tmp_path, capsys):
+    calls: list[int] = []
+    cache.load_or_train("toy", {}, torch.nn.Linear(2, 2), _toy_train(calls), root=tmp_path, verbose=False)
+    path = cache.artifact_path("toy", {}, tmp_path)
+    path.write_bytes(path.read_bytes()[:100])  # a truncated file, as a full disk leaves it
+    model, _ = cache.load_or_train("toy", {}, torch.nn.Linear(2, 2), _toy_train(calls), root=tmp_path, verbose=False)
+    assert len(calls) == 2 and model.weight[0, 0].item() == 2.0
+    message = capsys.readouterr().out
+    assert path.name in message and "could not be read" in message and str(tmp_path) not in message
+    assert len(list(tmp_path.glob("toy-*.corrupt-*.pt"))) == 1
+    assert cache.load(path)["history"] == [{"epoch": 1}], "the recomputed artifact is whole"
+
+
+_TRAIN_ONCE = """
+import sys, time, torch
+from pathlib import Path
+from advlib import cache
+root, log = Path(sys.argv[1]), Path(sys.argv[2])
+def train(model, checkpoint):
+    with open(log, "a") as f:
+        f.write("trained\\n")
+    time.sleep(2)
+    return [{"epoch": 1}]
+model, history = cache.load_or_train("shared", {"n": 1}, torch.nn.Linear(2, 2), train, root=root, verbose=False)
+print(history)
+"""
+
+
+def test_two_processes_asking_for_the_same_artifact_train_it_once(tmp_path):
+    log = tmp_path / "log.txt"
+    runs = [subprocess.Popen([sys.executable, "-c", _TRAIN_ONCE, str(tmp_path), str(log)], stdout=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert log.read_text().count("trained") == 1, "one computes, the other waits and loads"
+    assert all("'epoch': 1" in output for output in outputs)
+
+
+def test_cache_files_are_readable_by_the_group(tmp_path):
+    old = os.umask(0o022)
+    try:
+        cache.atomic_save({"x": torch.zeros(1)}, tmp_path / "a.pt")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.pt").stat().st_mode)
+    assert mode & stat.S_IRGRP and mode & stat.S_IRUSR and not mode & stat.S_IWOTH
+
+
+def test_the_tests_never_write_into_the_books_cache():
+    assert paths.cache_dir() != BOOK_CACHE
+    assert "test-home" in str(paths.cache_dir())
+
+
+def test_every_results_file_carries_its_provenance(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
+    run = config.setup("quick", device="cpu", seed=3, quiet=True)
+    path = run.save_results("toy", [{"method": "x", "clean": 0.5}])
+    saved = json.loads(path.read_text())
+    provenance = saved["provenance"]
+    assert set(provenance) >= {"advlib", "git_commit", "torch", "device", "profile", "seed", "config_hash",
+                               "wall_seconds"}
+    assert provenance["seed"] == 3 and provenance["profile"] == "quick" and provenance["torch"] == torch.__version__
+    assert provenance["config_hash"] == cache.config_hash(run.config)
+    assert provenance["git_commit"] is None or len(provenance["git_commit"]) == 40
+    assert saved["results"] == [{"method": "x", "clean": 0.5}]
+
+
+def test_no_module_imports_a_private_module_of_another_package():
+    """One home per idea: a package's ``_private`` modules are its own business."""
+    root = Path(__file__).resolve().parent.parent / "advlib"
+    offenders = []
+    for path in root.rglob("*.py"):
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if not stripped.startswith(("from ", "import ")):
+                continue
+            module = stripped.split()[1]
+            if any(part.startswith("_") and part != "__future__" for part in module.split(".")):
+                if not module.startswith(".") or module.startswith(".."):
+                    offenders.append(f"{path.relative_to(root)}: {stripped}")
+    assert not offenders, offenders
