@@ -16,7 +16,7 @@ CHAPTERS ?=
 TIMEOUT ?=
 BOOK_OPTIONS := $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
-.PHONY: book test data lab clean setup paper-smoke
+.PHONY: book test data lab clean setup paper-smoke check-pages
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ book: $(STAMP) data
 # (no network): what CI runs to prove the paper profile end to end. Writes only under _build/.
 paper-smoke: $(STAMP)
 	$(PY) book/build.py --smoke $(BOOK_OPTIONS)
+
+# Every page of the built book in headless Chromium (Debian's chromium and chromium-driver): no console
+# error, no missing or blank image, no raw TeX, no absolute path; screenshots in _build/screenshots/.
+check-pages: $(STAMP)
+	$(PY) book/check_pages.py
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab notebooks/

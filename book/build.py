@@ -17,7 +17,9 @@ trainings take hours to days per cell, has no cell timeout unless one is asked f
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import nbformat
 import papermill
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK_TIMEOUT = 1800
@@ -69,6 +72,85 @@ def execute(notebook: Path, target: Path, parameters: dict, timeout: int | None)
     print(f"  done in {time.time() - started:.0f} s", flush=True)
 
 
+INSTALL = '%pip install --quiet "advlib @ git+{url}@{branch}"'
+INSTALL_LINE = re.compile(r'%pip install --quiet "advlib @ git\+(?P<url>[^@"]+)@(?P<branch>[^"]+)"')
+
+
+def repository() -> tuple[str, str]:
+    """The repository URL and branch, from ``_config.yml`` (the one place that names them)."""
+    settings = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    return settings["url"], settings["branch"]
+
+
+def install_cells_out_of_date(notebooks: list[Path]) -> list[str]:
+    """Notebooks whose install cell names another repository or branch than ``_config.yml``."""
+    url, branch = repository()
+    stale = []
+    for notebook in notebooks:
+        sources = [cell.source for cell in nbformat.read(notebook, as_version=4).cells if cell.cell_type == "code"]
+        found = [(m["url"], m["branch"]) for source in sources for m in INSTALL_LINE.finditer(source)]
+        if not found or any(match != (url, branch) for match in found):
+            stale.append(notebook.name)
+    return stale
+
+
+def set_repository(url: str, branch: str, notebooks: list[Path]) -> None:
+    """Name another repository: rewrite ``_config.yml``'s ``repository`` and every install cell."""
+    config = ROOT / "_config.yml"
+    text = re.sub(r"(?m)^(repository:\n  url: ).*\n  branch: .*$", rf"\g<1>{url}\n  branch: {branch}",
+                  config.read_text())
+    config.write_text(text)
+    for path in notebooks:
+        notebook = nbformat.read(path, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type == "code":
+                cell.source = INSTALL_LINE.sub(lambda _: INSTALL.format(url=url, branch=branch), cell.source)
+        nbformat.write(notebook, path)
+
+
+MEASURED_MARKER = "<!-- measured-results -->"
+
+
+def measured_results(results: Path) -> str:
+    """The landing page's table: each paper's headline claim (numbers from :mod:`advlib.papers`) next
+    to what the chapters measured, read from the results files in ``results``."""
+    from advlib import papers
+
+    def load(name: str) -> list | dict | None:
+        path = results / f"{name}.json"
+        return json.loads(path.read_text())["results"] if path.is_file() else None
+
+    def pct(value: float | None) -> str:
+        return "—" if value is None or value != value else f"{100 * value:.1f} %"
+
+    lines = ["| paper | claim | this build measured |", "| --- | --- | --- |"]
+    if table2 := load("purification_table2"):
+        paper, row = papers.PURIFICATION_TABLE2, table2["PGD8"]
+        lines.append(
+            f"| Koo et al. 2023 | the student of both teachers purifies best (PGD8, gray-box: "
+            f"{paper['KD from AT and NT']['PGD8']:.2f} % against {paper['KD from NT']['PGD8']:.2f} % for the best "
+            f"single-teacher student) | {row['KD from AT and NT']:.1f} % against "
+            f"{max(row['KD from AT'], row['KD from NT']):.1f} % |")
+    if distillation := load("distillation"):
+        by_label = {row["method"]: row for row in distillation}
+        best = max((row for label, row in by_label.items()
+                    if label not in ("Teacher", "SAAD", "Standard student (no teacher)")), key=lambda row: row["AA"])
+        lines.append(f"| Lee & Chung 2026 (SAAD) | SAAD improves AutoAttack accuracy over earlier adversarial "
+                     f"distillation | SAAD {pct(by_label['SAAD']['AA'])} against {pct(best['AA'])} for "
+                     f"{best['method']} ({by_label['SAAD']['aa_images']} images) |")
+    if at := load("at_dynat"):
+        paper = papers.DYNAT_TABLE1
+        ours = {row["method"]: row for row in at if row.get("source") == "this run"}
+        inner = "DYNAT-Inner-AWP (β = 1)"
+        lines.append(
+            f"| Liu et al. 2024 (DYNAT) | DYNAT is more accurate on clean images than PGD-AT "
+            f"({paper['DYNAT']['clean']:.2f} % against {paper['PGD-AT']['clean']:.2f} %); {inner} has the best "
+            f"AutoAttack accuracy ({paper[inner]['AA']:.2f} %) | clean {pct(ours['DYNAT']['clean'])} against "
+            f"{pct(ours['PGD-AT']['clean'])}; AutoAttack {pct(ours[inner]['AA'])} against the best other "
+            f"{pct(max(row['AA'] for label, row in ours.items() if label != inner))} |")
+    return "\n".join(lines) if len(lines) > 2 else "(No chapter has written its results yet.)"
+
+
 def names_chapter(notebook: Path, chapter: str) -> bool:
     """``chapter`` is the notebook's number (``6`` or ``06``), its stem or its file name."""
     return chapter in (notebook.name, notebook.stem) or notebook.name.split("_")[0] == chapter.zfill(2)
@@ -104,7 +186,19 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=None,
                         help=f"seconds allowed per cell (default: {QUICK_TIMEOUT} in the quick profile, none otherwise)")
     parser.add_argument("--chapters", nargs="*", help="execute only these chapters, e.g. 06 08")
+    parser.add_argument("--set-repository", metavar="URL", help="name the book's repository (_config.yml and the "
+                        "notebooks' install cells) and exit")
+    parser.add_argument("--branch", default="main", help="the branch for --set-repository")
     args = parser.parse_args()
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.set_repository:
+        set_repository(args.set_repository, args.branch, notebooks)
+        print(f"repository set to {args.set_repository}@{args.branch}")
+        return
+    stale = install_cells_out_of_date(notebooks)
+    if stale:
+        raise SystemExit(f"the install cell of {', '.join(stale)} does not name _config.yml's repository; run "
+                         "python book/build.py --set-repository URL --branch BRANCH")
 
     os.environ["ADVLIB_PROGRESS"] = "0"  # progress bars are noise in a rendered page
     parameters: dict = {"profile": args.profile}
@@ -115,7 +209,6 @@ def main() -> None:
         stage = ROOT / "_build" / "book"
     timeout = args.timeout if args.timeout is not None else (QUICK_TIMEOUT if args.profile == "quick" and not
                                                               args.smoke else None)
-    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     chosen = select(notebooks, args.chapters)
     if stage.exists() and not args.chapters:
         shutil.rmtree(stage)
@@ -137,6 +230,12 @@ def main() -> None:
     if missing:
         print(f"not building the HTML yet: chapters {', '.join(missing)} have not been executed in this stage")
         return
+    from advlib import config, paths
+
+    dataset = config.PROFILES[args.profile]["dataset"]
+    intro = stage / "book" / "intro.md"
+    intro.write_text(intro.read_text().replace(MEASURED_MARKER,
+                                               measured_results(paths.results_dir(args.profile, dataset))))
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
     subprocess.run([str(jupyter_book), "build", str(stage), "--path-output", str(ROOT), "--warningiserror",
                     "--keep-going"], check=True)

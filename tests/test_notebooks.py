@@ -90,3 +90,75 @@ def test_unexecuted_or_failed_cells_are_detected(tmp_path):
     path = tmp_path / "nb.ipynb"
     nbformat.write(notebook, path)
     assert build.unexecuted_cells(path) == [2, 3]
+
+
+def _code(cell) -> str:
+    """A code cell's source without IPython magics, ready for ``ast``."""
+    return "\n".join(line.replace("%", "pass  #", 1) if line.lstrip().startswith("%") else line
+                     for line in cell.source.splitlines())
+
+
+def _headings(notebook) -> list[str]:
+    return [line.strip() for cell in notebook.cells if cell.cell_type == "markdown"
+            for line in cell.source.splitlines() if line.startswith("## ")]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_chapter_has_the_same_anatomy(path):
+    """Title → parameters → set-up → load-or-train → narrative → summary → exercises (with an
+    executed, collapsed solution) → references → the wall-time line."""
+    notebook = nbformat.read(path, as_version=4)
+    cells = notebook.cells
+    number = int(path.name[:2])
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith(f"# {number}. ")
+    code = [cell for cell in cells if cell.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []) and "advlib.setup(" in code[1].source
+    headings = _headings(notebook)
+    assert headings[-3:] == ["## Summary", "## Exercises", "## References"], headings[-4:]
+    summary = next(i for i, cell in enumerate(cells) if cell.cell_type == "markdown" and "## Summary" in cell.source)
+    exercises = next(i for i, cell in enumerate(cells) if cell.cell_type == "markdown"
+                     and cell.source.startswith("## Exercises"))
+    references = next(i for i, cell in enumerate(cells) if cell.cell_type == "markdown"
+                      and cell.source.startswith("## References"))
+    assert any("recipes." in cell.source for cell in code if cells.index(cell) < summary), "load-or-train"
+    numbered = [line for line in cells[exercises].source.splitlines() if line[:2].rstrip(".").isdigit()]
+    assert 3 <= len(numbered) <= 5, "3-5 exercises"
+    solutions = [cell for cell in cells[exercises:references] if cell.cell_type == "code"]
+    assert solutions and all("hide-cell" in cell.metadata.get("tags", []) for cell in solutions)
+    assert all(cell.source.startswith("# Solution to exercise") for cell in solutions)
+    assert "run.finish()" in cells[-1].source and cells.index(code[-1]) == len(cells) - 1
+
+
+def test_no_helper_is_defined_in_two_notebooks():
+    """Logic that a second notebook needs belongs in advlib: no function or class is defined in more
+    than one chapter."""
+    import ast
+    seen: dict[str, str] = {}
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        for cell in notebook.cells:
+            if cell.cell_type != "code":
+                continue
+            for node in ast.walk(ast.parse(_code(cell))):
+                if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                    assert node.name not in seen, f"{node.name} is defined in {seen.get(node.name)} and {path.name}"
+                    seen[node.name] = path.name
+
+
+def test_the_repository_is_named_in_one_place(tmp_path, monkeypatch):
+    """_config.yml names the repository; every install cell follows it, and --set-repository changes
+    both together."""
+    import shutil
+    build = _load_build_module()
+    assert build.install_cells_out_of_date(NOTEBOOKS) == []
+    shutil.copy(ROOT / "_config.yml", tmp_path / "_config.yml")
+    copies = []
+    for path in NOTEBOOKS:
+        copies.append(tmp_path / path.name)
+        shutil.copy(path, copies[-1])
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    build.set_repository("https://github.com/someone/advlib-fork", "dev", copies)
+    assert build.repository() == ("https://github.com/someone/advlib-fork", "dev")
+    assert build.install_cells_out_of_date(copies) == []
+    assert build.install_cells_out_of_date(NOTEBOOKS) == [path.name for path in NOTEBOOKS]
+    assert any("advlib-fork@dev" in cell.source for cell in nbformat.read(copies[0], as_version=4).cells)
