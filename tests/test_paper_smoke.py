@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from advlib import attacks, config, defenses, models
-from advlib.attacks.evaluate import robust_accuracy
-from advlib.evaluation import accuracy, predict
+from advlib import attacks, config, evaluation, models
+from advlib.evaluation import accuracy, predict, robust_accuracy
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZE_SETTINGS = {"eval_subset", "cw_subset", "autoattack_subset", "epochs", "teacher_epochs", "student_epochs",
                  "train_subset", "holdout", "batch_size", "cw_steps", "cw_restarts", "autoattack_iterations",
-                 "square_queries"}
+                 "square_queries", "check_subset", "check_square_queries"}
 
 
 def _paper_value(dotted: str):
@@ -76,9 +75,9 @@ def test_every_evaluation_entry_point_accepts_no_images(tiny_classifier):
                              keep_adversarial=("PGD-20",))
     assert all(math.isnan(v) for v in report.accuracies.values())
     assert report.as_table()[0]["n"] == 0
-    assert math.isnan(defenses.distillation.transfer_rate(tiny_classifier, tiny_classifier, x, y))
+    assert math.isnan(evaluation.transfer_rate(tiny_classifier, tiny_classifier, x, y))
     purifier = models.build("cae", in_channels=1, width=4, blocks=2)
-    table = defenses.purification.gray_box_evaluation(tiny_classifier, {"ours": purifier},
+    table = evaluation.gray_box(tiny_classifier, {"ours": purifier},
                                                       {"PGD": attacks.build("pgd", steps=1)}, x, y)
     assert table["PGD"]["images"] == 0 and math.isnan(table["PGD"]["ours"])
 
@@ -92,7 +91,7 @@ def test_transfer_rate_when_the_student_gets_nothing_right(tiny_classifier):
                              keep_adversarial=("PGD-20",))
     assert not report.clean.any()
     chosen = report.adversarial["PGD-20"][report.clean]
-    assert math.isnan(defenses.distillation.transfer_rate(tiny_classifier, tiny_classifier, chosen, y[report.clean]))
+    assert math.isnan(evaluation.transfer_rate(tiny_classifier, tiny_classifier, chosen, y[report.clean]))
 
 
 # --- the build script -----------------------------------------------------------------------------------

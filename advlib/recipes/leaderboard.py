@@ -1,0 +1,163 @@
+"""Chapter 9: every defence of the book under one adaptive evaluation — the purifier under each
+threat model next to the adversarially trained and the distilled models — the evaluation checklist
+run on each, and one leaderboard with confidence intervals and paired tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .. import attacks, cache, models
+from ..config import Run
+from ..evaluation import Purified, robust_accuracy, sanity
+from ..evaluation.protocols import PURIFIER_THREATS, crafted_on, threat_outcomes
+from ..evaluation.statistics import mcnemar_exact, wilson_interval
+from .adversarial_training import AT_METHODS, adversarial_training_config, adversarially_trained
+from .classifier import classifier, classifier_config
+from .common import autoattack_examples, test_set
+from .distillation import DISTILLATION_METHODS, distillation_config, distilled_student
+from .purification import purifier_config, purifier_student, purifier_teacher
+
+
+@dataclass(frozen=True)
+class Defence:
+    """A model of the book as the leaderboard sees it: its ``name``, the ``chapter`` that trains it,
+    how to ``load`` it, what determines it (``config``, for the cache) and its ``history``."""
+
+    name: str
+    chapter: int
+    load: Callable[[], nn.Module]
+    config: dict[str, Any]
+    history: Callable[[], list[dict[str, Any]]]
+
+
+def defences(run: Run) -> dict[str, Defence]:
+    """Every model the book trains, by key: the undefended classifier, the purifier (chapter 5), the
+    adversarially trained models (chapters 6 and 8) and the distilled students (chapter 7, whose
+    teacher is chapter 6's TRADES model)."""
+    entries = [Defence("undefended classifier", 1, lambda: classifier(run)[0], classifier_config(run),
+                       lambda: classifier(run)[1])]
+
+    entries.append(Defence(PURIFIER, 5, lambda: Purified(purifier_student(run)[0], classifier(run)[0]).eval(),
+                           purifier_config(run, "student-at-nt"),
+                           lambda: purifier_student(run)[1]))
+    entries.append(Defence(PURIFIER_TEACHER, 4, lambda: Purified(purifier_teacher(run, "at")[0], classifier(run)[0]).eval(),
+                           purifier_config(run, "teacher-at"),
+                           lambda: purifier_teacher(run, "at")[1]))
+    for key, method in AT_METHODS.items():
+        entries.append(Defence(method.label, 8 if key.startswith("dynat") else 6,
+                               (lambda key=key: adversarially_trained(run, key)[0]),
+                               adversarial_training_config(run, key), (lambda key=key: adversarially_trained(run, key)[1])))
+    for key, method in DISTILLATION_METHODS.items():
+        entries.append(Defence(f"student: {method.label}", 7, (lambda key=key: distilled_student(run, key)[0]),
+                               distillation_config(run, key), (lambda key=key: distilled_student(run, key)[1])))
+    return {entry.name: entry for entry in entries}
+
+
+PURIFIER = "purifier (student of AT and NT)"
+PURIFIER_TEACHER = "purifier (AT teacher)"
+THREATS = PURIFIER_THREATS
+
+
+def adversarial_examples(run: Run, name: str, eps: float, bpda: bool = False) -> torch.Tensor:
+    """AutoAttack's examples of the leaderboard's test images crafted white-box on the defence
+    ``name`` (with ``bpda``, on a purifier's BPDA version): :func:`~.common.autoattack_examples` with the
+    ``leaderboard`` section's budgets. Every threat model that attacks through the same model reuses
+    them (the gray-box examples are the undefended classifier's, the transfer examples PGD-AT's)."""
+    entry = defences(run)[name]
+    return autoattack_examples(run, entry.config, entry.load, eps, run.config["leaderboard"], bpda)
+
+
+def outcomes(run: Run, name: str, eps: float, threat: str = "white-box") -> dict[str, torch.Tensor]:
+    """Per test image (the leaderboard's ``eval_subset``): correct clean, and still correct after
+    AutoAttack (standard) crafted under ``threat``. A purifier faces its four threat models
+    (:func:`~advlib.evaluation.protocols.threat_outcomes`; transfer from chapter 6's PGD-AT model);
+    every other defence is attacked white-box."""
+    purifier = name in (PURIFIER, PURIFIER_TEACHER)
+    if threat not in (THREATS if purifier else ("white-box",)):
+        raise ValueError(f"{name!r} is evaluated under {', '.join(THREATS) if purifier else 'white-box'}, "
+                         f"not {threat!r}")
+    model = defences(run)[name].load()
+    x, y = test_set(run, run.config["leaderboard"]["eval_subset"])
+    if purifier:
+        examples = {"white-box": adversarial_examples(run, name, eps),
+                    "gray-box": adversarial_examples(run, "undefended classifier", eps),
+                    "BPDA": adversarial_examples(run, name, eps, bpda=True),
+                    "transfer": adversarial_examples(run, AT_METHODS["pgd_at"].label, eps)}
+        return threat_outcomes(model, x, y, examples)[threat]
+    return threat_outcomes(model, x, y, {"white-box": adversarial_examples(run, name, eps)})["white-box"]
+
+
+def training_cost(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds and forward passes (with gradients) of a training, from its per-epoch history."""
+    return {"train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
+            "train_passes": int(sum(r.get("passes_with_grad", 0) for r in history))}
+
+
+def leaderboard(run: Run) -> list[dict[str, Any]]:
+    """One row per defence, threat model and ε of the profile: clean and AutoAttack accuracy with
+    95 % Wilson intervals, n, the exact McNemar p-value against the best row of the same ε (same
+    images), the parameter count and the training cost. Written to ``leaderboard.json``."""
+    spec = run.config["leaderboard"]
+    rows = []
+    for eps in spec["epsilons"]:
+        measured = []
+        for name, entry in defences(run).items():
+            threats = THREATS if name in (PURIFIER, PURIFIER_TEACHER) else ("white-box",)
+            for threat in threats:
+                outcome = outcomes(run, name, eps, threat)
+                clean, robust = outcome["clean"], outcome["robust"]
+                n = len(clean)
+                row = {"defense": name, "chapter": entry.chapter, "threat": threat, "eps": eps,
+                       "clean": clean.float().mean().item(), "clean_ci95": list(wilson_interval(int(clean.sum()), n)),
+                       "autoattack": robust.float().mean().item(),
+                       "autoattack_ci95": list(wilson_interval(int(robust.sum()), n)), "n_autoattack": n,
+                       "parameters": models.count_parameters(entry.load()), **training_cost(entry.history())}
+                measured.append((row, robust))
+        best_row, best_robust = max(measured, key=lambda pair: pair[0]["autoattack"])
+        for row, robust in measured:
+            row["p_vs_best"] = mcnemar_exact(robust, best_robust)
+            row["best"] = row is best_row
+            rows.append(row)
+    run.save_results("leaderboard", rows)
+    return rows
+
+
+def checklist(run: Run, name: str) -> list[dict[str, Any]]:
+    """Carlini et al.'s checklist (:mod:`advlib.evaluation.sanity`) for one defence, attacked
+    white-box, on the leaderboard's ``check_subset`` test images at the profile's last ε (the adversarial
+    chapters' budget)."""
+    entry = defences(run)[name]
+    spec = run.config["leaderboard"]
+    eps = spec["epsilons"][-1]
+    key = {"defence": entry.config, "name": name, "eps": eps,
+           **{k: spec[k] for k in ("check_subset", "large_eps", "check_square_queries")}}
+
+    def compute() -> dict[str, torch.Tensor]:
+        model = entry.load()
+        x, y = test_set(run, spec["check_subset"])
+        alpha = eps / 4
+        named = {"FGSM": attacks.build("fgsm", eps=eps),
+                 "PGD-20": attacks.build("pgd", eps=eps, alpha=alpha, steps=20, seed=run.seed),
+                 "PGD-40 x2": attacks.build("pgd", eps=eps, alpha=alpha, steps=40, restarts=2, seed=run.seed + 1),
+                 "Square": attacks.build("square", eps=eps, n_queries=spec["check_square_queries"], seed=run.seed),
+                 "PGD-20 large": attacks.build("pgd", eps=spec["large_eps"], alpha=spec["large_eps"] / 4, steps=20,
+                                               seed=run.seed)}
+        report = robust_accuracy(model, x, y, named, cascade=False, keep_adversarial=("PGD-20",))
+        standard = adversarially_trained(run, "standard")[0]
+        transferred = crafted_on(standard, model, x, y, named["PGD-20"])
+        return {"clean": report.clean, **{k: v for k, v in report.per_attack.items()},
+                "transfer": transferred["robust"], "x": x.cpu(), "y": y.cpu(), "x_pgd": report.adversarial["PGD-20"]}
+
+    result = cache.load_or_compute("leaderboard-checklist", key, compute)
+    correct = result["clean"]
+    masking = sanity.gradient_masking(entry.load(), result["x"][correct].to(run.device),
+                                      result["y"][correct].to(run.device), result["x_pgd"][correct].to(run.device))
+    rows = [sanity.reaches_zero(result["PGD-20 large"], spec["large_eps"]),
+            sanity.iterative_beats_single_step(result["FGSM"], result["PGD-20"]),
+            sanity.white_box_beats_black_box(result["PGD-20"], result["Square"]),
+            sanity.converged(result["PGD-20"], result["PGD-40 x2"]),
+            sanity.transfer_weaker_than_white_box(result["PGD-20"], result["transfer"]), masking]
+    return [{"defense": name, "eps": eps, **row} for row in rows]
