@@ -162,3 +162,14 @@ def test_the_repository_is_named_in_one_place(tmp_path, monkeypatch):
     assert build.install_cells_out_of_date(copies) == []
     assert build.install_cells_out_of_date(NOTEBOOKS) == [path.name for path in NOTEBOOKS]
     assert any("advlib-fork@dev" in cell.source for cell in nbformat.read(copies[0], as_version=4).cells)
+
+
+def test_the_smoke_run_executes_everything_but_the_solutions(tmp_path):
+    """The paper smoke run leaves out exercise solutions (the quick book executes them) and nothing else."""
+    build = _load_build_module()
+    for path in NOTEBOOKS:
+        original = nbformat.read(path, as_version=4).cells
+        kept = nbformat.read(build.without_solutions(path, tmp_path / path.name), as_version=4).cells
+        solutions = [cell for cell in original if cell.source.startswith(build.SOLUTION)]
+        assert solutions and [cell.source for cell in kept] == [cell.source for cell in original
+                                                                 if cell not in solutions]

@@ -49,8 +49,9 @@ class AutoAttack(Attack):
 
     ``batch_size`` of :meth:`run` bounds how many examples one attack call sees; ``max_batch`` how
     many (example, target) rows APGD-T and FAB-T put in one forward pass (default: by device).
-    ``iterations`` (100) and ``square_queries`` (5000) are the reference's budgets; cut them only
-    where compute forces it (smoke runs, the quick profile's leaderboard) and say so with the number.
+    ``iterations`` (100), ``square_queries`` (5000) and ``n_target_classes`` (9) are the reference's
+    budgets; cut them only where compute forces it (smoke runs, the quick profile's evaluations) and
+    say so with the number.
     """
 
     def __init__(self, eps: float = 8 / 255, *, norm: str = "Linf", version: str = "standard",

@@ -191,7 +191,9 @@ def robustness_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named_att
 
 def autoattack_standard(eps: float, evaluation: dict[str, Any], seed: int = 0) -> Any:
     """AutoAttack's standard version with an ``evaluation`` section's budgets (``autoattack_iterations``,
-    ``square_queries``: the reference's 100 and 5000 in the paper profile; cut on CPUs and in the
-    paper smoke run, see the profiles)."""
+    ``square_queries`` and ``autoattack_targets``, the target classes of APGD-T and FAB-T: the
+    reference's 100, 5000 and 9 in the paper profile; cut on CPUs and in the paper smoke run, see
+    the profiles)."""
     return attacks.build("autoattack", eps=eps, version="standard", iterations=evaluation["autoattack_iterations"],
+                         n_target_classes=evaluation["autoattack_targets"],
                          square_queries=evaluation["square_queries"], seed=seed)

@@ -19,6 +19,12 @@ def stored_row(stored: Mapping[str, torch.Tensor | float], label: str) -> dict[s
     return row
 
 
+def format_eps(eps: float) -> str:
+    """An L∞ budget as the papers write it: "8/255" when it is a whole number of grey levels, else "0.1"."""
+    levels = 255 * eps
+    return f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 else f"{eps:g}"
+
+
 def percent(value: float | None, digits: int = 1) -> str:
     """A fraction as a percentage for a table; "—" where there is no number (not measured, or no images)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -78,5 +84,6 @@ def describe_evaluation(eval_attack: Mapping[str, float], evaluation: Mapping[st
     aa_images = evaluation["autoattack_subset"] or "all"
     return (f"ε = {eval_attack['eps']:.4g}, step {eval_attack['alpha']:.4g}; FGSM, PGD-20, CW-∞ {evaluation['cw_steps']} "
             f"steps × {restarts} restart{'s' if restarts > 1 else ''}; AutoAttack (standard) with "
-            f"{evaluation['autoattack_iterations']} iterations per white-box attack and {evaluation['square_queries']} "
-            f"Square queries, on the first {aa_images} evaluation images")
+            f"{evaluation['autoattack_iterations']} iterations per white-box attack, {evaluation['autoattack_targets']} "
+            f"target classes for APGD-T and FAB-T and {evaluation['square_queries']} Square queries, on the first "
+            f"{aa_images} evaluation images")

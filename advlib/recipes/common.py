@@ -84,6 +84,7 @@ def autoattack_examples(run: Run, model_config: dict[str, Any], load: Callable[[
     n = min(section.get("autoattack_subset") or len(x), len(x))
     key = {"model": model_config, "eps": eps, "bpda": bpda, "eval_subset": section["eval_subset"], "images": n,
            "iterations": section["autoattack_iterations"], "square_queries": section["square_queries"],
+           "targets": section["autoattack_targets"],
            "seed": run.seed}
 
     def compute() -> dict[str, torch.Tensor]:

@@ -1,0 +1,37 @@
+"""Which rows chapter 9's leaderboard holds, and the AutoAttack budgets it builds from a profile."""
+from __future__ import annotations
+
+import pytest
+
+from advlib import config, recipes
+from advlib.evaluation.protocols import autoattack_standard
+
+
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_purifiers_face_every_threat_model_at_their_own_eps_only(profile):
+    run = config.setup(profile, device="cpu", quiet=True)
+    purifier_eps = run.config["purification"]["train_attack"]["eps"]
+    defences = recipes.defences(run)
+    purifiers = {recipes.PURIFIER, recipes.PURIFIER_TEACHER}
+    for eps in run.config["leaderboard"]["epsilons"]:
+        pairs = recipes.leaderboard_rows(run, eps)
+        assert {name for name, _ in pairs} - purifiers == set(defences) - purifiers
+        assert all(threat == "white-box" for name, threat in pairs if name not in purifiers)
+        expected = {(name, threat) for name in purifiers for threat in recipes.THREATS} if eps == purifier_eps else set()
+        assert {pair for pair in pairs if pair[0] in purifiers} == expected
+    assert purifier_eps in run.config["leaderboard"]["epsilons"]
+
+
+def test_autoattack_budgets_come_from_the_section():
+    section = {"autoattack_iterations": 7, "square_queries": 11, "autoattack_targets": 2}
+    attack = autoattack_standard(0.1, section, seed=3)
+    ensemble = attack.attacks()
+    assert ensemble["apgd-ce"].n_iter == 7 and ensemble["fab-t"].n_iter == 7
+    assert ensemble["apgd-t"].n_target_classes == 2 and ensemble["fab-t"].n_target_classes == 2
+    assert ensemble["square"].n_queries == 11
+
+
+def test_budgets_print_as_the_papers_write_them():
+    from advlib.evaluation.reporting import format_eps
+    assert format_eps(8 / 255) == "8/255" and format_eps(2 / 255) == "2/255"
+    assert format_eps(0.1) == "0.1" and format_eps(0.5) == "0.5"
