@@ -49,9 +49,12 @@ def unexecuted_cells(path: Path) -> list[int]:
     return bad
 
 
-def hide_injected_parameters(path: Path) -> None:
-    """Tag the cell papermill injects with ``remove-cell``: the banner already names the profile."""
+def prepare_for_the_book(path: Path) -> None:
+    """Tag the cell papermill injects with ``remove-cell`` (the banner already names the profile) and
+    drop the widgets' saved state: widgets only work in a live kernel (their cells are removed
+    from the book), and a page holding their state loads the widget manager from a CDN."""
     notebook = nbformat.read(path, as_version=4)
+    notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
@@ -79,7 +82,7 @@ def execute(notebook: Path, target: Path, parameters: dict, timeout: int | None)
           flush=True)
     papermill.execute_notebook(str(notebook), str(target), parameters=parameters, kernel_name="python3",
                                cwd=str(target.parent), execution_timeout=timeout, progress_bar=False)
-    hide_injected_parameters(target)
+    prepare_for_the_book(target)
     bad = unexecuted_cells(target)
     if bad:
         raise SystemExit(f"{notebook.name}: code cells {bad} did not execute cleanly (see {target})")

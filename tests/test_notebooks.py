@@ -173,3 +173,14 @@ def test_the_smoke_run_executes_everything_but_the_solutions(tmp_path):
         solutions = [cell for cell in original if cell.source.startswith(build.SOLUTION)]
         assert solutions and [cell.source for cell in kept] == [cell.source for cell in original
                                                                  if cell not in solutions]
+
+
+def test_executed_chapters_keep_no_widget_state(tmp_path):
+    """A page holding ipywidgets' state loads the widget manager from a CDN; the build drops it."""
+    build = _load_build_module()
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
+    notebook.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    path = tmp_path / "chapter.ipynb"
+    nbformat.write(notebook, path)
+    build.prepare_for_the_book(path)
+    assert "widgets" not in nbformat.read(path, as_version=4).metadata
