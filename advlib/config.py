@@ -106,7 +106,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "leaderboard": {
             # Chapter 9: AutoAttack (standard) on the same 200 test images for every defence, at the
             # purifier's 8/255 and at the adversarial chapters' 0.1 (the purifiers at the 8/255 they
-            # were trained for only); the checklist on 50 of them.
+            # were trained for only); the checklist on 30 of them.
             # The reference's budgets (100 iterations, 9 target classes, 5000 queries) for every row
             # do not fit in minutes on two CPU cores: APGD-T and FAB-T cost one pass per iteration
             # and target. With 10 iterations AutoAttack came out 5 points above PGD-20 on chapter
@@ -118,7 +118,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             # check for every row.
             "eval_subset": 200, "epsilons": [8 / 255, 0.1], "autoattack_iterations": 25, "square_queries": 300,
             "autoattack_targets": 3,
-            "check_subset": 50, "check_steps": 20, "large_eps": 0.5, "check_square_queries": 300,
+            "check_subset": 30, "check_steps": 20, "large_eps": 0.5, "check_square_queries": 300,
         },
     },
     "paper": {
@@ -229,7 +229,7 @@ PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
     "adversarial_training.evaluation.square_queries": 20,
     "distillation.train_subset": 4, "distillation.holdout": 2, "distillation.batch_size": 2,
     "distillation.epochs": 2,
-    "distillation.evaluation.eval_subset": 4, "distillation.evaluation.autoattack_subset": 2,
+    "distillation.evaluation.eval_subset": 2, "distillation.evaluation.autoattack_subset": 2,
     "distillation.evaluation.cw_steps": 5, "distillation.evaluation.cw_restarts": 2,
     "distillation.evaluation.autoattack_iterations": 5, "distillation.evaluation.square_queries": 20,
     "leaderboard.eval_subset": 2, "leaderboard.check_subset": 2, "leaderboard.check_steps": 2,

@@ -61,6 +61,18 @@ PURIFIER_TEACHER = "purifier (AT teacher)"
 THREATS = PURIFIER_THREATS
 
 
+def threats_of(name: str) -> tuple[str, ...]:
+    """The threat models the leaderboard scores a defence under: all four for the purifier; for its
+    AT teacher all but BPDA (P is differentiable, so BPDA only shows the mechanism, which the
+    student's row does; it would cost the quick profile one more AutoAttack through f∘P); white-box
+    for every other defence."""
+    if name == PURIFIER:
+        return THREATS
+    if name == PURIFIER_TEACHER:
+        return tuple(threat for threat in THREATS if threat != "BPDA")
+    return ("white-box",)
+
+
 def adversarial_examples(run: Run, name: str, eps: float, bpda: bool = False) -> torch.Tensor:
     """AutoAttack's examples of the leaderboard's test images crafted white-box on the defence
     ``name`` (with ``bpda``, on a purifier's BPDA version): :func:`~.common.autoattack_examples` with the
@@ -72,22 +84,18 @@ def adversarial_examples(run: Run, name: str, eps: float, bpda: bool = False) ->
 
 def outcomes(run: Run, name: str, eps: float, threat: str = "white-box") -> dict[str, torch.Tensor]:
     """Per test image (the leaderboard's ``eval_subset``): correct clean, and still correct after
-    AutoAttack (standard) crafted under ``threat``. A purifier faces its four threat models
-    (:func:`~advlib.evaluation.protocols.threat_outcomes`; transfer from chapter 6's PGD-AT model);
-    every other defence is attacked white-box."""
-    purifier = name in (PURIFIER, PURIFIER_TEACHER)
-    if threat not in (THREATS if purifier else ("white-box",)):
-        raise ValueError(f"{name!r} is evaluated under {', '.join(THREATS) if purifier else 'white-box'}, "
-                         f"not {threat!r}")
+    AutoAttack (standard) crafted under ``threat``, one of :func:`threats_of` ``name`` (a purifier's:
+    :func:`~advlib.evaluation.protocols.threat_outcomes`; transfer from chapter 6's PGD-AT model)."""
+    threats = threats_of(name)
+    if threat not in threats:
+        raise ValueError(f"{name!r} is evaluated under {', '.join(threats)}, not {threat!r}")
     model = defences(run)[name].load()
     x, y = test_set(run, run.config["leaderboard"]["eval_subset"])
-    if purifier:
-        examples = {"white-box": adversarial_examples(run, name, eps),
-                    "gray-box": adversarial_examples(run, "undefended classifier", eps),
-                    "BPDA": adversarial_examples(run, name, eps, bpda=True),
-                    "transfer": adversarial_examples(run, AT_METHODS["pgd_at"].label, eps)}
-        return threat_outcomes(model, x, y, examples)[threat]
-    return threat_outcomes(model, x, y, {"white-box": adversarial_examples(run, name, eps)})["white-box"]
+    sources = {"white-box": lambda: adversarial_examples(run, name, eps),
+               "gray-box": lambda: adversarial_examples(run, "undefended classifier", eps),
+               "BPDA": lambda: adversarial_examples(run, name, eps, bpda=True),
+               "transfer": lambda: adversarial_examples(run, AT_METHODS["pgd_at"].label, eps)}
+    return threat_outcomes(model, x, y, {t: sources[t]() for t in threats})[threat]
 
 
 def training_cost(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -97,16 +105,11 @@ def training_cost(history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def leaderboard_rows(run: Run, eps: float) -> list[tuple[str, str]]:
-    """The (defence, threat model) pairs of the leaderboard at ``eps``: every defence white-box, and
-    the purifiers under each threat model, at the ε they were trained for only (chapter 5's)."""
+    """The (defence, threat model) pairs of the leaderboard at ``eps``: each defence under
+    :func:`threats_of` it, the purifiers at the ε they were trained for only (chapter 5's)."""
     purifier_eps = run.config["purification"]["train_attack"]["eps"]
-    pairs = []
-    for name in defences(run):
-        if name in (PURIFIER, PURIFIER_TEACHER):
-            pairs += [(name, threat) for threat in THREATS] if abs(eps - purifier_eps) < 1e-9 else []
-        else:
-            pairs.append((name, "white-box"))
-    return pairs
+    return [(name, threat) for name in defences(run) for threat in threats_of(name)
+            if name not in (PURIFIER, PURIFIER_TEACHER) or abs(eps - purifier_eps) < 1e-9]
 
 
 def leaderboard(run: Run) -> list[dict[str, Any]]:
