@@ -82,20 +82,18 @@ def adversarial_examples(run: Run, name: str, eps: float, bpda: bool = False) ->
     return autoattack_examples(run, entry.config, entry.load, eps, run.config["leaderboard"], bpda)
 
 
-def outcomes(run: Run, name: str, eps: float, threat: str = "white-box") -> dict[str, torch.Tensor]:
-    """Per test image (the leaderboard's ``eval_subset``): correct clean, and still correct after
-    AutoAttack (standard) crafted under ``threat``, one of :func:`threats_of` ``name`` (a purifier's:
-    :func:`~advlib.evaluation.protocols.threat_outcomes`; transfer from chapter 6's PGD-AT model)."""
+def outcomes(run: Run, name: str, eps: float) -> dict[str, dict[str, torch.Tensor]]:
+    """For each of :func:`threats_of` ``name``, per test image (the leaderboard's ``eval_subset``):
+    correct clean, and still correct after AutoAttack (standard) crafted under that threat model
+    (:func:`~advlib.evaluation.protocols.threat_outcomes`; transfer from chapter 6's PGD-AT model)."""
     threats = threats_of(name)
-    if threat not in threats:
-        raise ValueError(f"{name!r} is evaluated under {', '.join(threats)}, not {threat!r}")
     model = defences(run)[name].load()
     x, y = test_set(run, run.config["leaderboard"]["eval_subset"])
     sources = {"white-box": lambda: adversarial_examples(run, name, eps),
                "gray-box": lambda: adversarial_examples(run, "undefended classifier", eps),
                "BPDA": lambda: adversarial_examples(run, name, eps, bpda=True),
                "transfer": lambda: adversarial_examples(run, AT_METHODS["pgd_at"].label, eps)}
-    return threat_outcomes(model, x, y, {t: sources[t]() for t in threats})[threat]
+    return threat_outcomes(model, x, y, {t: sources[t]() for t in threats})
 
 
 def training_cost(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -122,17 +120,17 @@ def leaderboard(run: Run) -> list[dict[str, Any]]:
     entries = defences(run)
     for eps in spec["epsilons"]:
         measured = []
-        for name, threat in leaderboard_rows(run, eps):
+        for name in dict.fromkeys(name for name, _ in leaderboard_rows(run, eps)):
             entry = entries[name]
-            outcome = outcomes(run, name, eps, threat)
-            clean, robust = outcome["clean"], outcome["robust"]
-            n = len(clean)
-            row = {"defense": name, "chapter": entry.chapter, "threat": threat, "eps": eps,
-                   "clean": clean.float().mean().item(), "clean_ci95": list(wilson_interval(int(clean.sum()), n)),
-                   "autoattack": robust.float().mean().item(),
-                   "autoattack_ci95": list(wilson_interval(int(robust.sum()), n)), "n_autoattack": n,
-                   "parameters": models.count_parameters(entry.load()), **training_cost(entry.history())}
-            measured.append((row, robust))
+            about = {"parameters": models.count_parameters(entry.load()), **training_cost(entry.history())}
+            for threat, outcome in outcomes(run, name, eps).items():
+                clean, robust = outcome["clean"], outcome["robust"]
+                n = len(clean)
+                row = {"defense": name, "chapter": entry.chapter, "threat": threat, "eps": eps,
+                       "clean": clean.float().mean().item(), "clean_ci95": list(wilson_interval(int(clean.sum()), n)),
+                       "autoattack": robust.float().mean().item(),
+                       "autoattack_ci95": list(wilson_interval(int(robust.sum()), n)), "n_autoattack": n, **about}
+                measured.append((row, robust))
         # only a defence's white-box row is its robustness; the weaker threat models do not compete
         best_row, best_robust = max((pair for pair in measured if pair[0]["threat"] == "white-box"),
                                     key=lambda pair: pair[0]["autoattack"])
@@ -157,8 +155,9 @@ def checklist(run: Run, name: str) -> list[dict[str, Any]]:
     key = {"defence": entry.config, "name": name, "eps": eps,
            **{k: spec[k] for k in ("check_subset", "check_steps", "large_eps", "check_square_queries")}}
 
+    model = entry.load()
+
     def compute() -> dict[str, torch.Tensor]:
-        model = entry.load()
         x, y = test_set(run, spec["check_subset"])
         alpha, steps = eps / 4, spec["check_steps"]
         named = {"single step": attacks.build("fgsm", eps=eps),
@@ -175,7 +174,7 @@ def checklist(run: Run, name: str) -> list[dict[str, Any]]:
 
     result = cache.load_or_compute("leaderboard-checklist", key, compute)
     correct = result["clean"]
-    masking = sanity.gradient_masking(entry.load(), result["x"][correct].to(run.device),
+    masking = sanity.gradient_masking(model, result["x"][correct].to(run.device),
                                       result["y"][correct].to(run.device), result["x_adv"][correct].to(run.device))
     rows = [sanity.reaches_zero(result["large eps"], spec["large_eps"]),
             sanity.iterative_beats_single_step(result["single step"], result["iterative"]),
