@@ -227,8 +227,6 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
             multiplier = lr_multiplier(progress, schedule)
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * multiplier
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 loss, logits = loss_fn(model, x, y, epoch, *paired)
             opt.zero_grad(set_to_none=True)
