@@ -37,3 +37,32 @@ def test_budgets_print_as_the_papers_write_them():
     from advlib.evaluation.reporting import format_eps
     assert format_eps(8 / 255) == "8/255" and format_eps(2 / 255) == "2/255"
     assert format_eps(0.1) == "0.1" and format_eps(0.5) == "0.5"
+
+
+def test_precompute_caches_what_the_chapter_asks_for(monkeypatch):
+    """Every AutoAttack run of the leaderboard's rows and every checklist is one job of
+    ``evaluation_jobs``, and each job is looked up under the key the chapter's cells will load."""
+    import importlib
+
+    import torch
+
+    from advlib import cache
+
+    leaderboard = importlib.import_module("advlib.recipes.leaderboard")
+    run = config.setup("quick", device="cpu", quiet=True)
+    asked = set()
+
+    def record(kind, key, compute, root=None, verbose=True):
+        asked.add(cache.artifact_path(kind, key, root))
+        return {"x_adv": torch.zeros(1)}
+
+    monkeypatch.setattr(cache, "load_or_compute", record)
+    for eps in run.config["leaderboard"]["epsilons"]:
+        for name, threat in recipes.leaderboard_rows(run, eps):
+            source, bpda = leaderboard.attack_source(name, threat)
+            leaderboard.adversarial_examples(run, source, eps, bpda)
+    for name in recipes.defences(run):
+        leaderboard.checklist_attacks(run, name)
+    jobs = leaderboard.evaluation_jobs(run)
+    assert len(jobs) == len(set(jobs))
+    assert {leaderboard.job_path(run, job) for job in jobs} == asked

@@ -43,7 +43,9 @@ class BPDAPurified(Purified):
     gradient-masking purifier)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(x + (self.purifier(x) - x).detach())
+        with torch.no_grad():  # P's backward pass is the identity: no graph through P is needed
+            residual = self.purifier(x) - x
+        return self.classifier(x + residual)
 
 
 class NoisyPurifier(nn.Module):

@@ -17,4 +17,4 @@ from .distillation import (DISTILLATION_COLUMNS, DISTILLATION_METHODS, DISTILLED
                            distillation_teacher, distillation_teacher_config, distillation_trainer,
                            distilled_student, robustbench_model, saad_weights, teacher_passes)
 from .leaderboard import (PURIFIER, PURIFIER_TEACHER, THREATS, Defence, checklist, defences,  # noqa: F401
-                          leaderboard, leaderboard_rows, outcomes)
+                          leaderboard, leaderboard_rows, outcomes, precompute)

@@ -74,25 +74,35 @@ def test_set(run: Run, subset: int | None | str = "profile") -> tuple[torch.Tens
 
 
 def autoattack_examples(run: Run, model_config: dict[str, Any], load: Callable[[], nn.Module], eps: float,
-                        section: dict[str, Any], bpda: bool = False) -> torch.Tensor:
+                        section: dict[str, Any], bpda: bool = False, verbose: bool = True) -> torch.Tensor:
     """AutoAttack's (standard) examples, on the CPU, of the first ``autoattack_subset`` (all if absent
     or None) of the ``eval_subset`` test images, crafted white-box on the model ``load()`` returns
     (with ``bpda``, on the BPDA version of that purified model), with the budgets of ``section``
     (a chapter's ``evaluation`` or the ``leaderboard``). Cached by what determines them, so chapter
-    9's leaderboard reuses what chapters 6-8 computed whenever the settings agree."""
+    9's leaderboard reuses what chapters 6-8 computed whenever the settings agree; ``verbose=False``
+    does not say whether they were loaded or computed."""
     x, y = test_set(run, section["eval_subset"])
     n = min(section.get("autoattack_subset") or len(x), len(x))
-    key = {"model": model_config, "eps": eps, "bpda": bpda, "eval_subset": section["eval_subset"], "images": n,
-           "iterations": section["autoattack_iterations"], "square_queries": section["square_queries"],
-           "targets": section["autoattack_targets"],
-           "seed": run.seed}
 
     def compute() -> dict[str, torch.Tensor]:
         model = load()
         source = BPDAPurified(model.purifier, model.classifier).eval() if bpda else model
         return {"x_adv": craft(autoattack_standard(eps, section, run.seed), source, x[:n], y[:n])}
 
-    return cache.load_or_compute("autoattack-examples", key, compute)["x_adv"]
+    return cache.load_or_compute("autoattack-examples", autoattack_key(run, model_config, eps, section, bpda, len(x)),
+                                 compute, verbose=verbose)["x_adv"]
+
+
+def autoattack_key(run: Run, model_config: dict[str, Any], eps: float, section: dict[str, Any], bpda: bool = False,
+                   n_test: int | None = None) -> dict[str, Any]:
+    """What determines :func:`autoattack_examples` (its cache key); ``n_test``, the number of
+    ``eval_subset`` test images, is read from the data when not given."""
+    if n_test is None:
+        n_test = len(test_set(run, section["eval_subset"])[1])
+    return {"model": model_config, "eps": eps, "bpda": bpda, "eval_subset": section["eval_subset"],
+            "images": min(section.get("autoattack_subset") or n_test, n_test),
+            "iterations": section["autoattack_iterations"], "square_queries": section["square_queries"],
+            "targets": section["autoattack_targets"], "seed": run.seed}
 
 
 def held_out_robustness(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, attack: Any,

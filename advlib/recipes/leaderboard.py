@@ -3,7 +3,11 @@ threat model next to the adversarially trained and the distilled models — the 
 run on each, and one leaderboard with confidence intervals and paired tests."""
 from __future__ import annotations
 
+import contextlib
+import io
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -16,7 +20,7 @@ from ..evaluation.protocols import PURIFIER_THREATS, crafted_on, threat_outcomes
 from ..evaluation.statistics import mcnemar_exact, wilson_interval
 from .adversarial_training import AT_METHODS, adversarial_training_config, adversarially_trained
 from .classifier import classifier, classifier_config
-from .common import autoattack_examples, test_set
+from .common import autoattack_examples, autoattack_key, test_set
 from .distillation import DISTILLATION_METHODS, distillation_config, distilled_student
 from .purification import purifier_config, purifier_student, purifier_teacher
 
@@ -77,23 +81,31 @@ def adversarial_examples(run: Run, name: str, eps: float, bpda: bool = False) ->
     """AutoAttack's examples of the leaderboard's test images crafted white-box on the defence
     ``name`` (with ``bpda``, on a purifier's BPDA version): :func:`~.common.autoattack_examples` with the
     ``leaderboard`` section's budgets. Every threat model that attacks through the same model reuses
-    them (the gray-box examples are the undefended classifier's, the transfer examples PGD-AT's)."""
+    them (the gray-box examples are the undefended classifier's, the transfer examples PGD-AT's).
+    Quiet: :func:`precompute` reports what chapter 9 computed."""
     entry = defences(run)[name]
-    return autoattack_examples(run, entry.config, entry.load, eps, run.config["leaderboard"], bpda)
+    return autoattack_examples(run, entry.config, entry.load, eps, run.config["leaderboard"], bpda, verbose=False)
+
+
+def attack_source(name: str, threat: str) -> tuple[str, bool]:
+    """The defence whose AutoAttack examples the threat model ``threat`` scores ``name`` on, and
+    whether they are crafted on its BPDA version: the defence itself (white-box, BPDA), the
+    undefended classifier (gray-box) or chapter 6's PGD-AT model (transfer)."""
+    return {"white-box": (name, False), "gray-box": ("undefended classifier", False), "BPDA": (name, True),
+            "transfer": (AT_METHODS["pgd_at"].label, False)}[threat]
 
 
 def outcomes(run: Run, name: str, eps: float) -> dict[str, dict[str, torch.Tensor]]:
     """For each of :func:`threats_of` ``name``, per test image (the leaderboard's ``eval_subset``):
     correct clean, and still correct after AutoAttack (standard) crafted under that threat model
     (:func:`~advlib.evaluation.protocols.threat_outcomes`; transfer from chapter 6's PGD-AT model)."""
-    threats = threats_of(name)
     model = defences(run)[name].load()
     x, y = test_set(run, run.config["leaderboard"]["eval_subset"])
-    sources = {"white-box": lambda: adversarial_examples(run, name, eps),
-               "gray-box": lambda: adversarial_examples(run, "undefended classifier", eps),
-               "BPDA": lambda: adversarial_examples(run, name, eps, bpda=True),
-               "transfer": lambda: adversarial_examples(run, AT_METHODS["pgd_at"].label, eps)}
-    return threat_outcomes(model, x, y, {t: sources[t]() for t in threats})
+    examples = {}
+    for threat in threats_of(name):
+        source, bpda = attack_source(name, threat)
+        examples[threat] = adversarial_examples(run, source, eps, bpda)
+    return threat_outcomes(model, x, y, examples)
 
 
 def training_cost(history: list[dict[str, Any]]) -> dict[str, float]:
@@ -142,22 +154,29 @@ def leaderboard(run: Run) -> list[dict[str, Any]]:
     return rows
 
 
-def checklist(run: Run, name: str) -> list[dict[str, Any]]:
-    """Carlini et al.'s checklist (:mod:`advlib.evaluation.sanity`) for one defence, attacked
-    white-box, on the leaderboard's ``check_subset`` test images at the budget the defence was trained
-    for: the profile's last ε (the adversarial chapters'), chapter 5's for the purifiers. The
-    iterative attack is PGD with ``check_steps`` steps of ε/4 (20), the stronger one twice the steps
-    with 2 restarts, the single step FGSM and the black-box one Square."""
-    entry = defences(run)[name]
-    spec = run.config["leaderboard"]
-    purifier = name in (PURIFIER, PURIFIER_TEACHER)
-    eps = run.config["purification"]["train_attack"]["eps"] if purifier else spec["epsilons"][-1]
-    key = {"defence": entry.config, "name": name, "eps": eps,
-           **{k: spec[k] for k in ("check_subset", "check_steps", "large_eps", "check_square_queries")}}
+def checklist_budget(run: Run, name: str) -> float:
+    """The ε the checklist attacks ``name`` at: the one it was trained for (chapter 5's for the
+    purifiers, the adversarial chapters' for the others)."""
+    if name in (PURIFIER, PURIFIER_TEACHER):
+        return run.config["purification"]["train_attack"]["eps"]
+    return run.config["leaderboard"]["epsilons"][-1]
 
-    model = entry.load()
+
+def checklist_key(run: Run, name: str) -> dict[str, Any]:
+    """What determines the attacks behind :func:`checklist` (its cache key)."""
+    spec = run.config["leaderboard"]
+    return {"defence": defences(run)[name].config, "name": name, "eps": checklist_budget(run, name),
+            **{k: spec[k] for k in ("check_subset", "check_steps", "large_eps", "check_square_queries")}}
+
+
+def checklist_attacks(run: Run, name: str) -> dict[str, torch.Tensor]:
+    """Per test image, whether ``name`` withstands each attack of :func:`checklist` (and the iterative
+    attack's examples), computed once and cached."""
+    spec = run.config["leaderboard"]
+    eps = checklist_budget(run, name)
 
     def compute() -> dict[str, torch.Tensor]:
+        model = defences(run)[name].load()
         x, y = test_set(run, spec["check_subset"])
         alpha, steps = eps / 4, spec["check_steps"]
         named = {"single step": attacks.build("fgsm", eps=eps),
@@ -172,7 +191,18 @@ def checklist(run: Run, name: str) -> list[dict[str, Any]]:
         return {"clean": report.clean, **{k: v for k, v in report.per_attack.items()},
                 "transfer": transferred["robust"], "x": x.cpu(), "y": y.cpu(), "x_adv": report.adversarial["iterative"]}
 
-    result = cache.load_or_compute("leaderboard-checklist", key, compute)
+    return cache.load_or_compute("leaderboard-checklist", checklist_key(run, name), compute, verbose=False)
+
+
+def checklist(run: Run, name: str) -> list[dict[str, Any]]:
+    """Carlini et al.'s checklist (:mod:`advlib.evaluation.sanity`) for one defence, attacked
+    white-box, on the leaderboard's ``check_subset`` test images at the budget the defence was trained
+    for (:func:`checklist_budget`). The iterative attack is PGD with ``check_steps`` steps of ε/4
+    (20), the stronger one twice the steps with 2 restarts, the single step FGSM and the black-box
+    one Square."""
+    spec = run.config["leaderboard"]
+    result = checklist_attacks(run, name)
+    model = defences(run)[name].load()
     correct = result["clean"]
     masking = sanity.gradient_masking(model, result["x"][correct].to(run.device),
                                       result["y"][correct].to(run.device), result["x_adv"][correct].to(run.device))
@@ -181,4 +211,47 @@ def checklist(run: Run, name: str) -> list[dict[str, Any]]:
             sanity.white_box_beats_black_box(result["iterative"], result["black-box"]),
             sanity.converged(result["iterative"], result["stronger"]),
             sanity.transfer_weaker_than_white_box(result["iterative"], result["transfer"]), masking]
-    return [{"defense": name, "eps": eps, **row} for row in rows]
+    return [{"defense": name, "eps": checklist_budget(run, name), **row} for row in rows]
+
+
+def evaluation_jobs(run: Run) -> list[tuple[Any, ...]]:
+    """What chapter 9 computes, each once: ``("examples", defence, eps, bpda)`` for every AutoAttack
+    run the leaderboard's rows score (:func:`attack_source`), and ``("checklist", defence)`` for
+    every defence."""
+    jobs: list[tuple[Any, ...]] = []
+    for eps in run.config["leaderboard"]["epsilons"]:
+        for name, threat in leaderboard_rows(run, eps):
+            source, bpda = attack_source(name, threat)
+            jobs.append(("examples", source, eps, bpda))
+    jobs += [("checklist", name) for name in defences(run)]
+    return list(dict.fromkeys(jobs))
+
+
+def job_path(run: Run, job: tuple[Any, ...]) -> Path:
+    """Where the cache keeps the result of a job of :func:`evaluation_jobs`."""
+    if job[0] == "checklist":
+        return cache.artifact_path("leaderboard-checklist", checklist_key(run, job[1]))
+    _, name, eps, bpda = job
+    return cache.artifact_path("autoattack-examples",
+                               autoattack_key(run, defences(run)[name].config, eps, run.config["leaderboard"], bpda))
+
+
+def precompute(run: Run) -> str:
+    """Compute, quietly, what :func:`evaluation_jobs` lists and the cache lacks, the purifiers' jobs
+    first (they cost the most); the chapter's later cells load the results. Returns a one-line
+    summary. (Two worker processes of one thread each took longer than this one process with two
+    threads: 365 s against 309 s for the quick profile's jobs on two cores.)"""
+    jobs = evaluation_jobs(run)
+    todo = [job for job in jobs if not job_path(run, job).exists()]
+    started = time.time()
+    todo.sort(key=lambda job: (job[1] not in (PURIFIER, PURIFIER_TEACHER), job[0] == "checklist"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        for job in todo:
+            if job[0] == "checklist":
+                checklist_attacks(run, job[1])
+            else:
+                adversarial_examples(run, job[1], job[2], job[3])
+    if not todo:
+        return f"all {len(jobs)} evaluations of this chapter (AutoAttack runs and checklists) came from the cache"
+    return (f"computed {len(todo)} of the chapter's {len(jobs)} evaluations (AutoAttack runs and checklists) in "
+            f"{time.time() - started:.0f} s; {len(jobs) - len(todo)} came from the cache")
