@@ -122,6 +122,54 @@ def test_apgd_matches_reference(robust_mlp, robust_batch, name):
     assert abs(ours - theirs) <= 0.015  # 3 of 200 images: different random starts
 
 
+class InputRecorder(nn.Module):
+    """``model``, recording every input it is differentiated at (an attack's start point and
+    iterates; forward passes without gradients, the clean predictions, are left out)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.iterates = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            self.iterates.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
+def test_apgd_trajectory_matches_reference(robust_mlp, robust_batch, name):
+    """From the same start point, every iterate up to the first step-size checkpoint (iteration 22
+    of 100; from there the paper's Condition 1, which this follows, and the reference's code differ:
+    see APGD's docstring) equals the reference's. A wrong momentum (α = 0.75), first step size
+    (2ε), projection or target class changes the second iterate already."""
+    from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+
+    x, y = robust_batch
+    with torch.no_grad():
+        logits = robust_mlp(x)
+    correct = logits.argmax(1) == y
+    x, y, logits = x[correct][:32], y[correct][:32], logits[correct][:32]
+    eps, n_iter, compared = 2 / 255, 100, 22
+    ours = InputRecorder(robust_mlp)
+    options = {"n_target_classes": 1} if name == "apgd-t" else {}
+    attacks.build(name, eps=eps, n_iter=n_iter, seed=0, **options)(ours, x, y)
+    start = ours.iterates[0]
+    # no example is fooled this early at this ε, so the batch keeps every row and stays aligned
+    assert len(ours.iterates) > compared and all(len(z) == len(x) for z in ours.iterates[:compared])
+
+    theirs = InputRecorder(robust_mlp)
+    if name == "apgd-ce":
+        reference = APGDAttack(theirs, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=0, loss="ce")
+    else:
+        reference = APGDAttack_targeted(theirs, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=0)
+        reference.y_target = logits.sort(dim=1)[1][:, -2]  # the most likely wrong class
+    reference.init_hyperparam(x)
+    reference.attack_single_run(x, y, x_init=start)
+    assert torch.equal(theirs.iterates[0], start)
+    for k in range(1, compared):
+        assert torch.allclose(ours.iterates[k], theirs.iterates[k], atol=1e-6), f"iterate {k} differs"
+
+
 def test_fab_projection_matches_reference():
     from pyautoattack.fab_projections import projection_linf
 

@@ -265,3 +265,27 @@ def test_pixel_space_kl_is_about_half_the_centred_mse():
     centred = ((d - d.mean(1, keepdim=True)) ** 2).mean()
     assert mse.item() == pytest.approx((d ** 2).mean().item())
     assert kl.item() == pytest.approx(0.5 * centred.item(), rel=0.05)
+
+
+def test_student_recipe_trains_with_the_profiles_loss_settings(monkeypatch):
+    """The recipe, not only the loss, is wired: the trainer it builds carries the profile's β, γ, KD
+    space and NT input, and computes the student's loss (Koo et al. Eq. 5) with them."""
+    import importlib
+
+    recipe = importlib.import_module("advlib.recipes.purification")
+    monkeypatch.setattr(recipe, "purifier_teacher", lambda run, kind: (SpyTeacher(), []))
+    monkeypatch.setattr(recipe, "classifier", lambda run: (nn.Identity(), []))
+    x, x_adv, y = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
+
+    run = config.setup("quick", quiet=True, overrides={"purification.beta": 0.3, "purification.gamma": 0.7})
+    trainer = recipe.purifier_student_loss(run)
+    assert (trainer.beta, trainer.gamma, trainer.kd_space, trainer.nt_sees_clean) == (0.3, 0.7, "pixels", True)
+    assert sorted(trainer.teachers) == ["at", "nt"]
+    loss, _ = trainer(nn.Identity(), x, y, 0, x_adv)
+    # identity teachers: T_AT(x') = x', T_NT(x) = x; the identity student outputs x'
+    expected = student_loss(x_adv, x, [x_adv, x], beta=0.3, gamma=0.7)
+    assert loss.item() == pytest.approx(expected.item())
+    assert loss.item() != pytest.approx(student_loss(x_adv, x, [x_adv, x], beta=0.3, gamma=0.0).item())
+
+    literal = config.setup("quick", quiet=True, overrides={"purification.nt_sees_clean": False})
+    assert recipe.purifier_student_loss(literal).nt_sees_clean is False
