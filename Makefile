@@ -16,7 +16,7 @@ CHAPTERS ?=
 TIMEOUT ?=
 BOOK_OPTIONS := $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 
-.PHONY: book test data lab clean setup paper-smoke check-pages
+.PHONY: book test data lab clean setup paper-smoke check-pages mutation
 
 setup: $(STAMP)
 
@@ -46,6 +46,17 @@ paper-smoke: $(STAMP)
 # error, no missing or blank image, no raw TeX, no absolute path; screenshots in _build/screenshots/.
 check-pages: $(STAMP)
 	$(PY) book/check_pages.py
+
+# Mutation testing of the losses, attacks, training loop, cache and evaluation (pyproject's
+# [tool.mutmut]); not in CI. mutmut keeps its work in mutants/ and resumes an interrupted run (the
+# tests' trained fixtures are copied in, so that they are not trained again);
+# the report, with every survivor and its explanation (tests/mutation_notes.yml), goes to
+# _build/mutation/report.md. `make mutation MUTANTS="advlib.defenses.purification.*"` runs only those.
+mutation: $(STAMP) data
+	mkdir -p mutants/_build && rm -rf mutants/_build/test-home
+	if [ -d _build/test-home ]; then cp -r _build/test-home mutants/_build/; fi
+	ADVLIB_DATA=$(CURDIR)/_build/data $(PY) -m mutmut run --max-children 2 $(MUTANTS)
+	$(PY) tests/mutation_report.py
 
 lab: $(STAMP)
 	$(PY) -m jupyter lab notebooks/

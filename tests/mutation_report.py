@@ -1,0 +1,85 @@
+"""The report of `make mutation`: mutmut's verdict on every mutant of the configured modules
+(pyproject's ``[tool.mutmut]``), the mutation score per module, and each surviving mutant with its
+diff and the explanation in ``tests/mutation_notes.yml`` (an equivalent mutant, or why no test can
+tell it apart). Written to ``_build/mutation/report.md``; exits with 1 when the score is below
+:data:`REQUIRED_SCORE` or a survivor has no explanation.
+
+    python tests/mutation_report.py      (after `mutmut run`, from the repository root)
+"""
+from __future__ import annotations
+
+import collections
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTES = ROOT / "tests" / "mutation_notes.yml"
+REPORT = ROOT / "_build" / "mutation" / "report.md"
+REQUIRED_SCORE = 90.0
+# killed: a test failed; timeout: the mutant made a test hang (an infinite loop), which counts as caught
+CAUGHT = {"killed", "timeout"}
+NOT_JUDGED = {"skipped", "not checked"}
+
+
+def mutmut(*args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=ROOT, check=True, capture_output=True,
+                          text=True).stdout
+
+
+def verdicts() -> dict[str, str]:
+    """mutant name -> mutmut's status, for every mutant."""
+    result = {}
+    for line in mutmut("results", "--all", "true").splitlines():
+        name, _, status = line.strip().partition(": ")
+        if status:
+            result[name] = status
+    return result
+
+
+def module_of(mutant: str) -> str:
+    """``advlib.attacks.apgd.x_checkpoints__mutmut_3`` -> ``advlib.attacks.apgd``."""
+    return mutant.split("__mutmut_")[0].rsplit(".", 1)[0]
+
+
+def main() -> int:
+    status = verdicts()
+    if not status:
+        print("no mutants found: run `mutmut run` first (make mutation)")
+        return 1
+    notes = yaml.safe_load(NOTES.read_text()) or {} if NOTES.exists() else {}
+    judged = {name: s for name, s in status.items() if s not in NOT_JUDGED}
+    caught = sum(s in CAUGHT for s in judged.values())
+    score = 100 * caught / len(judged) if judged else 0.0
+    survivors = sorted(name for name, s in judged.items() if s not in CAUGHT)
+    unexplained = [name for name in survivors if name not in notes]
+
+    by_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for name, s in status.items():
+        by_module[module_of(name)][s] += 1
+    lines = ["# Mutation testing", "",
+             f"{len(status)} mutants; {len(judged)} judged, {caught} caught: mutation score **{score:.1f} %** "
+             f"(required: {REQUIRED_SCORE:.0f} %). {len(survivors)} survived, {len(unexplained)} without an "
+             "explanation.", "",
+             "| module | mutants | caught | survived | other |", "| --- | ---: | ---: | ---: | ---: |"]
+    for module, counts in sorted(by_module.items()):
+        total = sum(counts.values())
+        caught_here = sum(counts[s] for s in CAUGHT)
+        survived_here = counts["survived"]
+        lines.append(f"| `{module}` | {total} | {caught_here} | {survived_here} | "
+                     f"{total - caught_here - survived_here} |")
+    lines += ["", "## Survivors", ""]
+    for name in survivors:
+        lines += [f"### `{name}` ({judged[name]})", "", notes.get(name, "**No explanation yet.**"), "",
+                  "```diff", mutmut("show", name).strip(), "```", ""]
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text("\n".join(lines) + "\n")
+    print(f"mutation score {score:.1f} % ({caught} of {len(judged)}); {len(survivors)} survivors, "
+          f"{len(unexplained)} unexplained; report: {REPORT.relative_to(ROOT)}")
+    return 0 if score >= REQUIRED_SCORE and not unexplained else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
