@@ -17,6 +17,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -397,9 +398,18 @@ def setup(profile: str = "quick", dataset: str | None = None, device: str = "aut
     seed_everything(run.seed)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if in_notebook():
+        warnings.formatwarning = warning_without_path
     if not quiet:
         print(run.banner(), file=sys.stdout)
     return run
+
+
+def warning_without_path(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                         line: str | None = None) -> str:
+    """A warning as a notebook shows it: its category and message, not the file and line that raised
+    it (on a rendered page that would be a path on the machine that built the book)."""
+    return f"{category.__name__}: {message}\n"
 
 
 def progress_enabled() -> bool:

@@ -46,3 +46,9 @@ def test_setup_prints_profile_dataset_device_and_versions(capsys):
     assert run.results_dir.name == "quick-cifar10" and run.seed == 3
     run.finish()
     assert "wall time" in capsys.readouterr().out
+
+
+def test_notebook_warnings_show_no_path_of_the_building_machine():
+    text = config.warning_without_path(UserWarning("Square beats the white-box attacks"), UserWarning,
+                                       "/home/builder/advlib/attacks/base.py", 35)
+    assert text == "UserWarning: Square beats the white-box attacks\n"
