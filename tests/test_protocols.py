@@ -75,3 +75,47 @@ def test_noisy_purifier_draws_new_noise_on_every_call_and_stays_an_image():
     first, second = noisy(x), noisy(x)
     assert not torch.equal(first, second)
     assert torch.allclose(NoisyPurifier(Squash(), sigma=0.0)(x), Squash()(x))
+
+
+def _with_batchnorm_statistics(model: nn.Module) -> nn.Module:
+    """``model`` with non-trivial BatchNorm statistics and affine parameters, in eval mode."""
+    generator = torch.Generator().manual_seed(3)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model.eval()
+
+
+def test_folding_batchnorm_keeps_the_function_and_its_input_gradients():
+    from advlib import models
+    from advlib.evaluation import folded
+
+    torch.manual_seed(0)
+    classifier = _with_batchnorm_statistics(models.for_dataset("resnet20", "fashion-mnist"))
+    purifier = _with_batchnorm_statistics(models.build("cae", in_channels=1, width=8, blocks=3, skip_every=2,
+                                                       stride=2))
+    purified = Purified(purifier, classifier).eval()
+    fast = folded(purified)
+    assert isinstance(fast, Purified)
+    def batchnorms(model):
+        return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+    # folded after every Conv2d (those after the decoder's transposed convolutions stay), the
+    # original untouched
+    assert batchnorms(fast.classifier) == 0 and 0 < batchnorms(fast.purifier) < batchnorms(purifier)
+    assert batchnorms(purified) == batchnorms(purifier) + batchnorms(classifier) > 0
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(6) % 10
+    for original, copy in ((purified, fast), (BPDAPurified(purifier, classifier).eval(),
+                                              BPDAPurified(fast.purifier, fast.classifier).eval())):
+        gradients = []
+        for model in (original, copy):
+            z = x.clone().requires_grad_(True)
+            logits = model(z)
+            gradients.append((logits, torch.autograd.grad(nn.functional.cross_entropy(logits, y), z)[0]))
+        assert torch.allclose(gradients[0][0], gradients[1][0], atol=1e-4)
+        assert torch.allclose(gradients[0][1], gradients[1][1], atol=1e-5, rtol=1e-3)

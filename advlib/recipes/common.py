@@ -11,7 +11,7 @@ from torch import nn
 from .. import cache, data, models
 from ..config import Run, prepare_model
 from ..evaluation import accuracy, predict, transfer_rate
-from ..evaluation.protocols import BPDAPurified, autoattack_standard, craft
+from ..evaluation.protocols import BPDAPurified, autoattack_standard, craft, folded
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def autoattack_examples(run: Run, model_config: dict[str, Any], load: Callable[[
     n = min(section.get("autoattack_subset") or len(x), len(x))
 
     def compute() -> dict[str, torch.Tensor]:
-        model = load()
+        model = folded(load())
         source = BPDAPurified(model.purifier, model.classifier).eval() if bpda else model
         return {"x_adv": craft(autoattack_standard(eps, section, run.seed), source, x[:n], y[:n])}
 

@@ -16,7 +16,7 @@ from torch import nn
 from .. import attacks, cache, models
 from ..config import Run
 from ..evaluation import Purified, robust_accuracy, sanity
-from ..evaluation.protocols import PURIFIER_THREATS, crafted_on, threat_outcomes
+from ..evaluation.protocols import PURIFIER_THREATS, crafted_on, folded, threat_outcomes
 from ..evaluation.statistics import mcnemar_exact, wilson_interval
 from .adversarial_training import AT_METHODS, adversarial_training_config, adversarially_trained
 from .classifier import classifier, classifier_config
@@ -176,7 +176,7 @@ def checklist_attacks(run: Run, name: str) -> dict[str, torch.Tensor]:
     eps = checklist_budget(run, name)
 
     def compute() -> dict[str, torch.Tensor]:
-        model = defences(run)[name].load()
+        model = folded(defences(run)[name].load())
         x, y = test_set(run, spec["check_subset"])
         alpha, steps = eps / 4, spec["check_steps"]
         named = {"single step": attacks.build("fgsm", eps=eps),
@@ -237,20 +237,27 @@ def job_path(run: Run, job: tuple[Any, ...]) -> Path:
 
 
 def precompute(run: Run) -> str:
-    """Compute, quietly, what :func:`evaluation_jobs` lists and the cache lacks, the purifiers' jobs
-    first (they cost the most); the chapter's later cells load the results. Returns a one-line
-    summary. (Two worker processes of one thread each took longer than this one process with two
-    threads: 365 s against 309 s for the quick profile's jobs on two cores.)"""
+    """Compute what :func:`evaluation_jobs` lists and the cache lacks, the purifiers' jobs first
+    (they cost the most), without the cache's line per artifact; the chapter's later cells load the
+    results. Returns a one-line summary. (Two worker processes of one thread each took longer than
+    this one process with two threads: 365 s against 309 s for the quick profile's jobs on two
+    cores.)"""
     jobs = evaluation_jobs(run)
     todo = [job for job in jobs if not job_path(run, job).exists()]
     started = time.time()
     todo.sort(key=lambda job: (job[1] not in (PURIFIER, PURIFIER_TEACHER), job[0] == "checklist"))
-    with contextlib.redirect_stdout(io.StringIO()):
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
         for job in todo:
             if job[0] == "checklist":
                 checklist_attacks(run, job[1])
             else:
                 adversarial_examples(run, job[1], job[2], job[3])
+    # the cache's loaded/computing lines are the summary's job; anything else (a model this chapter
+    # had to train first, say) is shown
+    said = [line for line in log.getvalue().splitlines() if not line.startswith(("loaded ", "computing "))]
+    if said:
+        print("\n".join(said))
     if not todo:
         return f"all {len(jobs)} evaluations of this chapter (AutoAttack runs and checklists) came from the cache"
     return (f"computed {len(todo)} of the chapter's {len(jobs)} evaluations (AutoAttack runs and checklists) in "
