@@ -262,6 +262,37 @@ def test_attack_contract(tiny_model, name, seed, eps, n, train_mode):
     assert torch.equal(x_adv, attacks.build(name, eps=eps, seed=seed, **SETTINGS[name])(tiny_model, x, y))
 
 
+class ModeRecorder(nn.Module):
+    """A tiny MLP that records whether it was in training mode at each forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.modes = mlp(8 * 8, 16, 10, seed=1), []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.net(x)
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+@pytest.mark.parametrize("name", attacks.ATTACKS.names())
+def test_every_attack_runs_the_model_in_the_mode_it_is_asked_for(name, bn_mode):
+    """``bn_mode`` reaches the model: adversarial training crafts in "train" mode (BatchNorm's batch
+    statistics), evaluation in "eval"; only the label check looks at one image in eval mode."""
+    model = ModeRecorder().eval()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    model.modes.clear()
+    settings = {"cw": {"steps": 3}, "cw-linf": {"eps": 0.1, "steps": 3}, "pgd": {"eps": 0.1, "steps": 3},
+                "bim": {"eps": 0.1, "steps": 3}, "fgsm": {"eps": 0.1}}
+    options = {"eps": 0.1, **SETTINGS[name]} if name in SETTINGS else settings[name]
+    attacks.build(name, seed=0, bn_mode=bn_mode, **options)(model, x, y)
+    assert model.modes[0] is False and len(model.modes) > 1
+    assert set(model.modes[1:]) == {bn_mode == "train"}
+    assert model.training is False
+
+
 def test_run_agrees_with_call_and_reports(tiny_model):
     generator = torch.Generator().manual_seed(0)
     x, y = torch.rand(6, 1, 8, 8, generator=generator), torch.randint(0, 10, (6,), generator=generator)
