@@ -102,6 +102,14 @@ def test_bim_default_steps_follow_kurakin():
     assert attacks.build("bim", eps=2 / 255).steps == 2  # min(2 + 4, 1.25 · 2) = 2.5, rounded
 
 
+def test_pgd_defaults_are_the_seed_papers_training_pgd():
+    """PGD built by name alone is the seed papers' training PGD on CIFAR-10: ε = 8/255, 10 steps of
+    2/255 from a uniform random start, one run, seed 0, BatchNorm in eval mode."""
+    pgd = attacks.build("pgd")
+    assert (pgd.eps, pgd.alpha, pgd.steps, pgd.restarts, pgd.random_start, pgd.seed, pgd.bn_mode) == (
+        8 / 255, 2 / 255, 10, 1, True, 0, "eval")
+
+
 def test_cw_margin_masks_the_true_class_even_when_every_logit_is_negative():
     from advlib.attacks.primitives import margin
 

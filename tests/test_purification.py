@@ -289,3 +289,27 @@ def test_student_recipe_trains_with_the_profiles_loss_settings(monkeypatch):
 
     literal = config.setup("quick", quiet=True, overrides={"purification.nt_sees_clean": False})
     assert recipe.purifier_student_loss(literal).nt_sees_clean is False
+
+
+def test_student_trainer_in_logit_space_distils_the_classifiers_view():
+    """kd_space="logits" (the other reading of g in L_kd): the KL compares f's softmax on the teacher's
+    and the student's outputs; worked by hand for identity teachers and student and f = the first
+    two pixels as logits. Without a classifier the trainer returns no logits."""
+    import torch.nn.functional as F
+
+    f = FirstPixelsAsLogits()
+    x, x_adv, y = torch.rand(3, 1, 2, 2), torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 0])
+    trainer = defenses.build("purifier-kd", teachers={"at": SpyTeacher(), "nt": SpyTeacher()}, classifier=f,
+                             kd_space="logits", beta=0.3, gamma=0.7)
+    loss, logits = trainer(nn.Identity(), x, y, 0, x_adv)
+    # S(x') = x' = T_AT(x'): the AT term is 0; T_NT(x) = x
+    nt_logits, student_logits = x.flatten(1)[:, :2], x_adv.flatten(1)[:, :2]
+    p_teacher = F.softmax(nt_logits, dim=1)
+    kl = (p_teacher * (p_teacher.log() - F.log_softmax(student_logits, dim=1))).sum(1).mean()
+    kd = (kl + ((x - x_adv) ** 2).mean()) / 2
+    expected = 0.3 * ((x_adv - x) ** 2).mean() + 0.7 * kd
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(logits, student_logits)
+
+    pixels = defenses.build("purifier-kd", teachers={"at": SpyTeacher()})
+    assert pixels(nn.Identity(), x, y, 0, x_adv)[1] is None

@@ -35,3 +35,10 @@ def test_mcnemar_exact_by_hand():
     assert mcnemar_exact(*balanced) == 1.0
     with pytest.raises(ValueError, match="same images"):
         mcnemar_exact(first, second[:3])
+
+
+def test_wilson_interval_stays_in_0_1_when_every_image_is_correct_or_none_is():
+    """At k = n the upper end is 1 in exact arithmetic; in floating point it lands above 1 for some n
+    (364 of n = 1..1999), which the clamp removes; the same for the lower end at k = 0."""
+    for n in range(1, 2000):
+        assert wilson_interval(n, n)[1] <= 1.0 and wilson_interval(0, n)[0] >= 0.0
