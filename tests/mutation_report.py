@@ -68,16 +68,14 @@ def main() -> int:
     for name, s in status.items():
         by_module[module_of(name)][s] += 1
     lines = ["# Mutation testing", "",
-             f"{len(status)} mutants; {len(judged)} judged, {caught} caught: mutation score **{score:.1f} %** "
+             f"{len(judged)} of {len(status)} mutants checked, {caught} caught: mutation score **{score:.1f} %** "
              f"(required: {REQUIRED_SCORE:.0f} %). {len(survivors)} survived, {len(unexplained)} without an "
              "explanation.", "",
-             "| module | mutants | caught | survived | other |", "| --- | ---: | ---: | ---: | ---: |"]
+             "| module | mutants | checked | caught | survived |", "| --- | ---: | ---: | ---: | ---: |"]
     for module, counts in sorted(by_module.items()):
-        total = sum(counts.values())
-        caught_here = sum(counts[s] for s in CAUGHT)
-        survived_here = counts["survived"]
-        lines.append(f"| `{module}` | {total} | {caught_here} | {survived_here} | "
-                     f"{total - caught_here - survived_here} |")
+        checked = sum(n for s, n in counts.items() if s not in NOT_JUDGED)
+        lines.append(f"| `{module}` | {sum(counts.values())} | {checked} | {sum(counts[s] for s in CAUGHT)} | "
+                     f"{checked - sum(counts[s] for s in CAUGHT)} |")
     lines += ["", "## Survivors", ""]
     for name in survivors:
         lines += [f"### `{name}` ({judged[name]})", "", notes.get(name, "**No explanation yet.**"), "",

@@ -395,6 +395,17 @@ def test_clear_errors():
         attacks.build("apgd-t", n_target_classes=0)
     with pytest.raises(ValueError, match="eps"):
         attacks.build("square", eps=-1)
+    for name in ("apgd-ce", "apgd-t"):
+        with pytest.raises(ValueError, match="n_iter"):
+            attacks.build(name, n_iter=0)
+
+
+def test_apgd_defaults_are_the_reference_budget():
+    """APGD built by name alone: AutoAttack's budget (100 iterations, one run, ρ = 0.75), L∞ at
+    8/255 on the cross-entropy, no EOT, seed 0."""
+    apgd = attacks.build("apgd-ce")
+    assert (apgd.eps, apgd.norm, apgd.loss, apgd.n_iter, apgd.n_restarts, apgd.rho, apgd.eot_iter, apgd.seed) == (
+        8 / 255, "Linf", "ce", 100, 1, 0.75, 1, 0)
 
 
 @pytest.mark.parametrize("version", ["standard", "rand"])
