@@ -2,6 +2,8 @@
 gradient-masking model that the checklist catches end to end."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -92,3 +94,69 @@ def test_the_checklist_catches_a_gradient_masking_model_end_to_end():
     white, black = report.per_attack["PGD"], report.per_attack["Square"]
     assert not sanity.white_box_beats_black_box(white, black)["passed"]
     assert not sanity.converged(white, white & black)["passed"]
+
+
+def _mask(robust: int, n: int = 4) -> torch.Tensor:
+    return torch.arange(n) < robust
+
+
+def test_every_check_row_has_its_name_its_numbers_and_passes_at_exactly_the_tolerance():
+    """The rows of sanity.json, field by field (chapter 9 prints them), and the verdict at the
+    boundary: a difference of exactly the tolerance (1 image of 4, tolerance 0.25, exact in floating
+    point) is noise, one more image fails."""
+    from advlib.evaluation import sanity
+
+    n, tol = 4, 0.25
+    everyone = torch.ones(n, dtype=torch.bool)
+    rows = {
+        "reaches ~0 % at a large ε": (sanity.reaches_zero(_mask(1), 0.5, tolerance=tol),
+                                      sanity.reaches_zero(_mask(2), 0.5, tolerance=tol),
+                                      {"eps": 0.5, "accuracy": 0.25}),
+        "iterative ≥ single-step": (sanity.iterative_beats_single_step(~_mask(1), everyone, tolerance=tol),
+                                    sanity.iterative_beats_single_step(~_mask(2), everyone, tolerance=tol),
+                                    {"images": n, "fooled only by the single step": 1}),
+        "white-box ≥ black-box": (sanity.white_box_beats_black_box(everyone, ~_mask(1), tolerance=tol),
+                                  sanity.white_box_beats_black_box(everyone, ~_mask(2), tolerance=tol),
+                                  {"images": n, "fooled only by the black-box attack": 1}),
+        "transfer ≤ white-box": (sanity.transfer_weaker_than_white_box(everyone, ~_mask(1), tolerance=tol),
+                                 sanity.transfer_weaker_than_white_box(everyone, ~_mask(2), tolerance=tol),
+                                 {"images": n, "fooled only by the transferred examples": 1}),
+        "converged (more steps and restarts change little)": (
+            sanity.converged(_mask(2), _mask(1), tolerance=tol), sanity.converged(_mask(3), _mask(1), tolerance=tol),
+            {"accuracy": 0.5, "accuracy with twice the budget and restarts": 0.25}),
+    }
+    for name, (at_tolerance, beyond, numbers) in rows.items():
+        assert at_tolerance == {"check": name, "passed": True, **numbers}
+        assert beyond["check"] == name and beyond["passed"] is False
+
+
+class DeadZone(nn.Module):
+    """Logits (z, −z) with z = relu(first pixel − 0.5): no gradient at all where the first pixel is
+    below 0.5."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(x.flatten(1)[:, :1] - 0.5)
+        return torch.cat([z, -z], 1)
+
+
+def test_gradient_masking_row_by_hand():
+    """Image 0 sits in the dead zone (zero gradient, and its loss cannot rise); the others do not.
+    1 image of 4 is exactly the tolerance 0.25; an attack that moves nothing fails the check."""
+    from advlib.evaluation import sanity
+
+    x = torch.full((4, 1, 2, 2), 0.3)
+    x[:, 0, 0, 0] = torch.tensor([0.2, 0.9, 0.8, 0.7])
+    y = torch.ones(4, dtype=torch.long)
+    x_adv = x.clone()
+    x_adv[:, 0, 0, 0] += 0.05  # raises z, so the loss of class 1, except in the dead zone
+    row = sanity.gradient_masking(DeadZone(), x, y, x_adv, tolerance=0.25)
+    assert row == {"check": "no sign of masked gradients", "passed": True, "zero-gradient fraction": 0.25,
+                   "loss did not rise": 0.25}
+    unmoved = sanity.gradient_masking(DeadZone(), x, y, x, tolerance=0.25)
+    assert unmoved["passed"] is False and unmoved["loss did not rise"] == 1.0
+
+
+def test_checks_on_no_images_report_nan():
+    from advlib.evaluation import sanity
+
+    assert math.isnan(sanity.reaches_zero(torch.zeros(0, dtype=torch.bool), 0.5)["accuracy"])
