@@ -14,13 +14,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from filelock import FileLock
@@ -99,14 +100,28 @@ def atomic_write_json(obj: Any, path: Path, sort_keys: bool = False) -> None:
 
 
 _ANNOUNCED: set[Path] = set()
+_quiet = False
 
 
 def _announce_load(kind: str, path: Path) -> None:
     """Say once per process that an artifact came from the cache (recipes load the same classifier
-    many times; a page should say so once)."""
+    many times; a page should say so once), unless :func:`quietly` holds it back."""
     if path not in _ANNOUNCED:
         _ANNOUNCED.add(path)
-        print(f"loaded {kind} from the cache ({_name(path)})")
+        if not _quiet:
+            print(f"loaded {kind} from the cache ({_name(path)})")
+
+
+@contextlib.contextmanager
+def quietly() -> Iterator[None]:
+    """Within it, loads from the cache go unsaid (and count as said, so they stay unsaid later in the
+    process): for a caller that sums up what it loaded in one line. Training still reports."""
+    global _quiet
+    before, _quiet = _quiet, True
+    try:
+        yield
+    finally:
+        _quiet = before
 
 
 def _name(path: Path) -> str:

@@ -127,3 +127,17 @@ def test_no_module_imports_a_private_module_of_another_package():
                 if not module.startswith(".") or module.startswith(".."):
                     offenders.append(f"{path.relative_to(root)}: {stripped}")
     assert not offenders, offenders
+
+
+def test_quietly_holds_back_what_was_loaded_but_not_what_was_computed(tmp_path, capsys):
+    first = cache.load_or_compute("test-quiet", {"a": 1}, lambda: {"t": torch.zeros(1)}, root=tmp_path)
+    assert "computing test-quiet" in capsys.readouterr().out
+    with cache.quietly():
+        again = cache.load_or_compute("test-quiet", {"a": 1}, lambda: {"t": torch.ones(1)}, root=tmp_path)
+        cache.load_or_compute("test-quiet", {"a": 2}, lambda: {"t": torch.ones(1)}, root=tmp_path)
+    said = capsys.readouterr().out
+    assert torch.equal(again["t"], first["t"])
+    assert "loaded" not in said and "computing test-quiet" in said
+    # what was loaded quietly counts as said: loading it again later stays quiet
+    cache.load_or_compute("test-quiet", {"a": 1}, lambda: {"t": torch.ones(1)}, root=tmp_path)
+    assert capsys.readouterr().out == ""

@@ -3,8 +3,6 @@ threat model next to the adversarially trained and the distilled models — the 
 run on each, and one leaderboard with confidence intervals and paired tests."""
 from __future__ import annotations
 
-import contextlib
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +39,7 @@ def defences(run: Run) -> dict[str, Defence]:
     """Every model the book trains, by key: the undefended classifier, the purifier (chapter 5), the
     adversarially trained models (chapters 6 and 8) and the distilled students (chapter 7, whose
     teacher is chapter 6's TRADES model)."""
-    entries = [Defence("undefended classifier", 1, lambda: classifier(run)[0], classifier_config(run),
+    entries = [Defence(UNDEFENDED, 1, lambda: classifier(run)[0], classifier_config(run),
                        lambda: classifier(run)[1])]
 
     entries.append(Defence(PURIFIER, 5, lambda: Purified(purifier_student(run)[0], classifier(run)[0]).eval(),
@@ -60,6 +58,7 @@ def defences(run: Run) -> dict[str, Defence]:
     return {entry.name: entry for entry in entries}
 
 
+UNDEFENDED = "undefended classifier"
 PURIFIER = "purifier (student of AT and NT)"
 PURIFIER_TEACHER = "purifier (AT teacher)"
 THREATS = PURIFIER_THREATS
@@ -91,7 +90,7 @@ def attack_source(name: str, threat: str) -> tuple[str, bool]:
     """The defence whose AutoAttack examples the threat model ``threat`` scores ``name`` on, and
     whether they are crafted on its BPDA version: the defence itself (white-box, BPDA), the
     undefended classifier (gray-box) or chapter 6's PGD-AT model (transfer)."""
-    return {"white-box": (name, False), "gray-box": ("undefended classifier", False), "BPDA": (name, True),
+    return {"white-box": (name, False), "gray-box": (UNDEFENDED, False), "BPDA": (name, True),
             "transfer": (AT_METHODS["pgd_at"].label, False)}[threat]
 
 
@@ -238,26 +237,20 @@ def job_path(run: Run, job: tuple[Any, ...]) -> Path:
 
 def precompute(run: Run) -> str:
     """Compute what :func:`evaluation_jobs` lists and the cache lacks, the purifiers' jobs first
-    (they cost the most), without the cache's line per artifact; the chapter's later cells load the
-    results. Returns a one-line summary. (Two worker processes of one thread each took longer than
-    this one process with two threads: 365 s against 309 s for the quick profile's jobs on two
-    cores.)"""
+    (they cost the most), without a line per model loaded (a model that has to be trained first
+    still reports); the chapter's later cells load the results. Returns a one-line summary. (Two
+    worker processes of one thread each took longer than this one process with two threads: 365 s
+    against 309 s for the quick profile's jobs on two cores.)"""
     jobs = evaluation_jobs(run)
     todo = [job for job in jobs if not job_path(run, job).exists()]
     started = time.time()
     todo.sort(key=lambda job: (job[1] not in (PURIFIER, PURIFIER_TEACHER), job[0] == "checklist"))
-    log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with cache.quietly():
         for job in todo:
             if job[0] == "checklist":
                 checklist_attacks(run, job[1])
             else:
                 adversarial_examples(run, job[1], job[2], job[3])
-    # the cache's loaded/computing lines are the summary's job; anything else (a model this chapter
-    # had to train first, say) is shown
-    said = [line for line in log.getvalue().splitlines() if not line.startswith(("loaded ", "computing "))]
-    if said:
-        print("\n".join(said))
     if not todo:
         return f"all {len(jobs)} evaluations of this chapter (AutoAttack runs and checklists) came from the cache"
     return (f"computed {len(todo)} of the chapter's {len(jobs)} evaluations (AutoAttack runs and checklists) in "
