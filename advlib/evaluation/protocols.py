@@ -17,9 +17,11 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from .. import attacks
 from ..attacks.primitives import check_inputs
+from ..config import prepare_model
 from .prediction import accuracy, predict
 from .robustness import RobustnessReport, robust_accuracy
 
@@ -69,10 +71,6 @@ def folded(model: nn.Module) -> nn.Module:
     CPU cores). A purified model is folded part by part, so that its BPDA version can still be built
     from it; a model that torch.fx cannot trace is returned unchanged. Only for evaluation: the copy
     has no BatchNorm statistics to train."""
-    from torch.fx.experimental.optimization import fuse
-
-    from ..config import prepare_model
-
     if isinstance(model, Purified):
         return type(model)(folded(model.purifier), folded(model.classifier)).eval()
     try:
