@@ -44,14 +44,15 @@ def module_of(mutant: str) -> str:
     return mutant.split("__mutmut_")[0].rsplit(".", 1)[0]
 
 
-def summarize(status: dict[str, str], notes: dict[str, str]) -> tuple[float, list[str], list[str]]:
-    """The mutation score in % (caught among the judged mutants; timeouts count as caught, skipped
-    and unchecked mutants are not judged), the survivors, and those without an explanation."""
+def summarize(status: dict[str, str], notes: dict[str, str]) -> tuple[dict[str, str], float, list[str], list[str]]:
+    """The judged mutants (skipped and unchecked ones are not judged) with their status, the mutation
+    score in % (caught among the judged; a timeout counts as caught), the survivors, and those
+    without an explanation."""
     judged = {name: s for name, s in status.items() if s not in NOT_JUDGED}
     caught = sum(s in CAUGHT for s in judged.values())
     score = 100 * caught / len(judged) if judged else 0.0
     survivors = sorted(name for name, s in judged.items() if s not in CAUGHT)
-    return score, survivors, [name for name in survivors if name not in notes]
+    return judged, score, survivors, [name for name in survivors if name not in notes]
 
 
 def main() -> int:
@@ -60,8 +61,7 @@ def main() -> int:
         print("no mutants found: run `mutmut run` first (make mutation)")
         return 1
     notes = (yaml.safe_load(NOTES.read_text()) or {}) if NOTES.exists() else {}
-    score, survivors, unexplained = summarize(status, notes)
-    judged = {name: s for name, s in status.items() if s not in NOT_JUDGED}
+    judged, score, survivors, unexplained = summarize(status, notes)
     caught = len(judged) - len(survivors)
 
     by_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)

@@ -12,8 +12,9 @@ spec.loader.exec_module(report)
 def test_score_counts_timeouts_as_caught_and_leaves_unchecked_mutants_out():
     status = {"a.f__mutmut_1": "killed", "a.f__mutmut_2": "timeout", "a.f__mutmut_3": "survived",
               "a.g__mutmut_1": "not checked", "a.g__mutmut_2": "skipped", "a.g__mutmut_3": "no tests"}
-    score, survivors, unexplained = report.summarize(status, {"a.f__mutmut_3": "equivalent: ..."})
+    judged, score, survivors, unexplained = report.summarize(status, {"a.f__mutmut_3": "equivalent: ..."})
     # judged: killed, timeout, survived, no tests -> 2 caught of 4
+    assert sorted(judged) == ["a.f__mutmut_1", "a.f__mutmut_2", "a.f__mutmut_3", "a.g__mutmut_3"]
     assert score == 50.0
     assert survivors == ["a.f__mutmut_3", "a.g__mutmut_3"]
     assert unexplained == ["a.g__mutmut_3"]
