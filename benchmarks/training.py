@@ -215,7 +215,7 @@ def main() -> None:
         passes = "; ".join(f"{net} " + " + ".join(str(sum(n for (k, _), n in count.items() if k == kind))
                                                   for kind in KINDS)
                            for net, count in result["passes"].items())
-        print(f"| {name} | {passes} | {result["trainer"]:.3g} | {result["floor"]:.3g} | {result['ratio']:.2f} |",
+        print(f"| {name} | {passes} | {result['trainer']:.3g} | {result['floor']:.3g} | {result['ratio']:.2f} |",
               flush=True)
 
 
