@@ -193,6 +193,10 @@ def benchmark(run: Run, make_model: Callable[[], nn.Module], make_trainer: Calla
     return {"passes": counts, "trainer": images / seconds, "floor": images / floor, "ratio": seconds / floor}
 
 
+def rate(images_per_second: float) -> str:
+    return f"{images_per_second:.0f}" if images_per_second >= 10 else f"{images_per_second:.2g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", choices=["quick", "paper"])
@@ -215,7 +219,7 @@ def main() -> None:
         passes = "; ".join(f"{net} " + " + ".join(str(sum(n for (k, _), n in count.items() if k == kind))
                                                   for kind in KINDS)
                            for net, count in result["passes"].items())
-        print(f"| {name} | {passes} | {result['trainer']:.3g} | {result['floor']:.3g} | {result['ratio']:.2f} |",
+        print(f"| {name} | {passes} | {rate(result['trainer'])} | {rate(result['floor'])} | {result['ratio']:.2f} |",
               flush=True)
 
 
