@@ -81,6 +81,14 @@ class ImageSet:
             return self
         return self.select(split_indices(len(self), n, seed)[1])
 
+    def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
+        """The first ``n`` examples of a seeded random order (all of them, in file order, if ``n`` is
+        None or too large). Samples are nested: ``sample(m)`` is the first ``m`` of ``sample(n)`` for
+        m ≤ n, so a smaller evaluation (AutoAttack) runs on images a larger one also sees."""
+        if n is None or n >= len(self):
+            return self
+        return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
+
     def select(self, index: torch.Tensor) -> "ImageSet":
         return ImageSet(self.images[index], self.labels[index], self.info)
 

@@ -157,3 +157,13 @@ def test_subset_and_split_are_disjoint_and_seeded():
     assert not torch.equal(full.subset(7, seed=2).labels, full.subset(7, seed=3).labels)
     assert len(set(full.subset(7, seed=2).labels.tolist())) == 7, "drawn without replacement"
     assert full.subset(None) is full
+
+
+def test_samples_are_nested_seeded_and_without_replacement():
+    full = _tiny_set(20)
+    large, small = full.sample(12, seed=4), full.sample(5, seed=4)
+    assert torch.equal(large.labels[:5], small.labels), "sample(5) is the first 5 of sample(12)"
+    assert torch.equal(large.images[:5], small.images)
+    assert len(set(large.labels.tolist())) == 12, "drawn without replacement"
+    assert not torch.equal(full.sample(12, seed=5).labels, large.labels)
+    assert full.sample(None) is full and full.sample(20) is full, "all of them, in file order"
