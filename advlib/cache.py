@@ -37,9 +37,11 @@ CODE_VERSIONS: dict[str, int] = {
     "purifier-pairs": 1,
     "purifier": 2,                 # the NT teacher is given the clean image (Koo et al. Sec. 3.3)
     "at": 2,                       # DYNAT's clean BatchNorm pass, the AWP variants, step 2/255
-    "at-evaluation": 3,            # AutoAttack from the shared, cached examples (autoattack-examples)
+    "at-evaluation": 4,            # per-image outcomes (confidence intervals, paired tests)
     "distilled": 2,                # SAAD's statistics through the training loop's hooks
-    "distillation-evaluation": 3,  # AutoAttack from the shared, cached examples (autoattack-examples)
+    "distillation-evaluation": 4,  # per-image outcomes (confidence intervals, paired tests)
+    "autoattack-examples": 1,      # test images in nested random order (recipes.test_set)
+    "leaderboard-checklist": 1,    # test images in nested random order (recipes.test_set)
 }
 
 

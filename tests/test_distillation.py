@@ -414,3 +414,19 @@ def test_sample_weights_match_the_trainers_pieces(pair, batch):
     assert look["weight"].min() == 0 and 0 <= look["normalised_weight"].min() <= look["normalised_weight"].max() <= 1
     assert torch.equal(look["fools_teacher"], teacher_plus.argmax(1) != y)
     assert all(p.grad is None for p in student.parameters())
+
+
+def test_a_student_seed_changes_the_student_and_nothing_else():
+    """Chapter 7's seed spread: the run's seed is the chapter's own student (same cache entry); any
+    other seed is another student of the same teacher on the same training images."""
+    run = config.setup("quick", device="cpu", quiet=True)
+    chapter = recipes.distillation_config(run, "saad")
+    assert recipes.distillation_config(run, "saad", run.seed) == chapter
+    other = recipes.distillation_config(run, "saad", run.seed + 1)
+    assert other.pop("student_seed") == run.seed + 1
+    assert other == chapter, "teacher, data, optimiser and schedule stay the run's"
+    loader, x_val, _ = recipes.training_data(run, chapter)
+    reordered, x_val_other, _ = recipes.training_data(run, chapter, shuffle_seed=run.seed + 1)
+    assert torch.equal(x_val, x_val_other), "the same held-out slice"
+    assert torch.equal(loader.labels.sort().values, reordered.labels.sort().values), "the same training images"
+    assert not torch.equal(next(iter(loader))[1], next(iter(reordered))[1]), "in another order"

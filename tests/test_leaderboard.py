@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from advlib import config, recipes
 from advlib.evaluation.protocols import autoattack_standard
@@ -66,3 +67,20 @@ def test_precompute_caches_what_the_chapter_asks_for(monkeypatch):
     jobs = leaderboard.evaluation_jobs(run)
     assert len(jobs) == len(set(jobs))
     assert {leaderboard.job_path(run, job) for job in jobs} == asked
+
+
+def test_chapters_6_to_8_run_autoattack_on_the_leaderboards_images():
+    """1000 evaluation images with AutoAttack on the first 200 are the leaderboard's 200: the same
+    images (nested samples) under the same cache key, so chapter 9 loads what chapters 6-8 computed."""
+    from advlib.recipes.common import autoattack_key
+    run = config.setup("quick", device="cpu", quiet=True)
+    chapter = run.config["adversarial_training"]["evaluation"]
+    board = run.config["leaderboard"]
+    assert chapter["eval_subset"] >= 1000 and chapter["autoattack_subset"] == board["eval_subset"]
+    x_board, _ = recipes.test_set(run, board["eval_subset"])
+    x_chapter, _ = recipes.test_set(run, chapter["eval_subset"])
+    assert torch.equal(x_chapter[:len(x_board)], x_board)
+    model = {"arch": "any"}
+    assert autoattack_key(run, model, 0.1, chapter) == autoattack_key(run, model, 0.1, board)
+    everything = {**chapter, "eval_subset": None, "autoattack_subset": 200}  # the first 200 in file order
+    assert autoattack_key(run, model, 0.1, everything) != autoattack_key(run, model, 0.1, board)

@@ -119,3 +119,24 @@ def test_folding_batchnorm_keeps_the_function_and_its_input_gradients():
             gradients.append((logits, torch.autograd.grad(nn.functional.cross_entropy(logits, y), z)[0]))
         assert torch.allclose(gradients[0][0], gradients[1][0], atol=1e-4)
         assert torch.allclose(gradients[0][1], gradients[1][1], atol=1e-5, rtol=1e-3)
+
+
+def test_robustness_outcomes_per_image():
+    from advlib.evaluation import robustness_outcomes
+    from advlib.evaluation.prediction import predict
+    torch.manual_seed(0)
+    model = _classifier(3)
+    x = torch.rand(40, 1, 4, 4)
+    y = model(x).argmax(1)
+    y[:5] = (y[:5] + 1) % 3  # five images wrong clean
+    pgd = attacks.build("pgd", eps=0.3, alpha=0.1, steps=10)
+    grey = torch.full_like(x[:8], 0.5)  # "AutoAttack's examples" of the first 8 images: one grey image
+    outcomes = robustness_outcomes(model, x, y, {"PGD-20": pgd}, grey, transfer_to=model)
+    correct = predict(model, x).argmax(1) == y
+    assert torch.equal(outcomes["clean"], correct)
+    assert torch.equal(outcomes["AA"], correct[:8] & (predict(model, grey).argmax(1) == y[:8]))
+    assert torch.equal(outcomes["PGD-20 (AA images)"], outcomes["PGD-20"][:8])
+    assert not (outcomes["PGD-20"] & ~outcomes["clean"]).any(), "robust implies correct clean"
+    fooled = int((outcomes["clean"] & ~outcomes["PGD-20"]).sum())
+    assert len(outcomes["transfer"]) == fooled > 0, "one entry per x' that fools the model"
+    assert outcomes["transfer"].all(), "an example that fools the model fools the model"

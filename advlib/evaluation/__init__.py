@@ -7,5 +7,5 @@ from .prediction import accuracy, confusion_matrix, per_class_accuracy, predict 
 from .robustness import RobustnessReport, robust_accuracy  # noqa: F401
 from . import protocols, reporting, sanity, statistics  # noqa: E402,F401
 from .protocols import (PURIFIER_THREATS, BPDAPurified, NoisyPurifier, Purified, crafted_on,  # noqa: E402,F401
-                        folded, gray_box, purifier_threats, robustness_row, threat_outcomes, threat_sources,
-                        transfer_rate, white_box)
+                        folded, gray_box, purifier_threats, robustness_outcomes, threat_outcomes,
+                        threat_sources, transfer_outcomes, transfer_rate, white_box)

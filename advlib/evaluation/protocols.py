@@ -7,8 +7,9 @@
   be used as they are (chapter 9).
 * :func:`crafted_on` — x' crafted on one model, scored on another (gray-box, transfer).
 * :func:`transfer_rate` — SAAD's adversarial transferability (chapter 7).
-* :func:`robustness_row` — one row of the adversarial-training and distillation tables (chapters
-  6-8): each attack on its own, AutoAttack on a subset, PGD-20 on that same subset.
+* :func:`robustness_outcomes` — the per-image outcomes behind one row of the adversarial-training
+  and distillation tables (chapters 6-8): each attack on its own, AutoAttack on a subset, PGD-20
+  on that same subset.
 """
 from __future__ import annotations
 
@@ -171,26 +172,34 @@ def purifier_threats(purified: Purified, x: torch.Tensor, y: torch.Tensor, attac
     return threat_outcomes(purified, x, y, examples)
 
 
+def transfer_outcomes(student: nn.Module, teacher: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per student-crafted x' that fools the student, whether it also fools the teacher (a bool
+    tensor on the CPU, one entry per such x'): the outcomes behind :func:`transfer_rate`."""
+    fools_student = predict(student, x_adv).argmax(1) != y.to(x_adv.device)
+    fools_teacher = predict(teacher, x_adv).argmax(1) != y.to(x_adv.device)
+    return fools_teacher[fools_student].cpu()
+
+
 def transfer_rate(student: nn.Module, teacher: nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> float:
     """Adversarial transferability as SAAD defines it (Lee & Chung 2026): of the student-crafted x'
     that fool the student, the fraction that also fool the teacher (nan when none fools the student,
     e.g. no images at all). Pass only examples crafted on images the student classifies correctly:
     the others fool it without any attack."""
-    fools_student = predict(student, x_adv).argmax(1) != y.to(x_adv.device)
-    fools_teacher = predict(teacher, x_adv).argmax(1) != y.to(x_adv.device)
-    fooled = int(fools_student.sum())
-    return float((fools_student & fools_teacher).sum()) / fooled if fooled else float("nan")
+    transferred = transfer_outcomes(student, teacher, x_adv, y)
+    return transferred.float().mean().item() if len(transferred) else float("nan")
 
 
-def robustness_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named_attacks: dict[str, Any],
-                   autoattack_examples: torch.Tensor, transfer_to: nn.Module | None = None,
-                   transfer_attack: str = "PGD-20") -> dict[str, float]:
-    """Accuracy clean and under each of ``named_attacks`` on its own, under AutoAttack from its
-    ``autoattack_examples`` of the first ``len(autoattack_examples)`` images, and under
-    ``transfer_attack`` (PGD-20) on those same images, for the check AA ≤ PGD-20 (``"PGD-20 (AA
-    images)"``); ``images`` and ``aa_images`` give n. With ``transfer_to``, also the ``"transfer"``
-    rate of the PGD-20 examples to that model (:func:`transfer_rate`, on the images ``model``
-    classifies correctly)."""
+def robustness_outcomes(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named_attacks: dict[str, Any],
+                        autoattack_examples: torch.Tensor, transfer_to: nn.Module | None = None,
+                        transfer_attack: str = "PGD-20") -> dict[str, torch.Tensor]:
+    """Per image, as bool tensors on the CPU: correct clean (``"clean"``) and after each of
+    ``named_attacks`` on its own, on all of ``x``; after AutoAttack (``"AA"``, from its
+    ``autoattack_examples`` of the first ``len(autoattack_examples)`` images) and after
+    ``transfer_attack`` (PGD-20) on those same images (``"PGD-20 (AA images)"``, for the check
+    AA ≤ PGD-20). With ``transfer_to``, also ``"transfer"``: for each PGD-20 example (of an image
+    ``model`` classifies correctly) that fools ``model``, whether it fools that model too
+    (:func:`transfer_outcomes`). Per-image outcomes give confidence intervals and paired tests
+    (:mod:`advlib.evaluation.reporting`)."""
     if transfer_attack not in named_attacks:
         raise ValueError(f"named_attacks must hold {transfer_attack!r}, the attack AutoAttack is checked against")
     n_aa = len(autoattack_examples)
@@ -200,15 +209,13 @@ def robustness_row(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named_att
     report = robust_accuracy(model, x, y, named_attacks, cascade=False, keep_adversarial=keep)
     # without cascading, the per-image outcomes on the first n_aa images are already known
     aa_robust = report.clean[:n_aa] & (predict(model, autoattack_examples).argmax(1).cpu() == y[:n_aa].cpu())
-    row = {**report.accuracies, "AA": aa_robust.float().mean().item(),
-           f"{transfer_attack} (AA images)": report.per_attack[transfer_attack][:n_aa].float().mean().item(),
-           "images": len(x), "aa_images": n_aa}
-    row.pop("worst case", None)
+    outcomes = {"clean": report.clean, **report.per_attack, "AA": aa_robust,
+                f"{transfer_attack} (AA images)": report.per_attack[transfer_attack][:n_aa]}
     if transfer_to is not None:
         attacked = report.clean
-        row["transfer"] = transfer_rate(model, transfer_to, report.adversarial[transfer_attack][attacked],
-                                        y.cpu()[attacked])
-    return row
+        outcomes["transfer"] = transfer_outcomes(model, transfer_to, report.adversarial[transfer_attack][attacked],
+                                                 y.cpu()[attacked])
+    return outcomes
 
 
 def autoattack_standard(eps: float, evaluation: dict[str, Any], seed: int = 0) -> Any:

@@ -1,5 +1,6 @@
-"""Results as readers see them: rows, markdown tables that say how many images each column used,
-and the sanity lines every results table of chapters 6-8 is checked with."""
+"""Results as readers see them: rows with 95 % confidence intervals, markdown tables that say how
+many images each column used, paired tests between rows, and the sanity lines every results table
+of chapters 6-8 is checked with."""
 from __future__ import annotations
 
 import math
@@ -7,16 +8,61 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-COUNT_KEYS = ("images", "aa_images")
+from .statistics import mcnemar_exact, wilson_interval
+
+# which count key gives the n of a column (every other column: "images")
+COLUMN_COUNTS = {"AA": "aa_images", "transfer": "transfer_images"}
 
 
-def stored_row(stored: Mapping[str, torch.Tensor | float], label: str) -> dict[str, Any]:
-    """A results row from cached tensors: ``method`` and ``source`` first, counts as ints,
-    accuracies as floats rounded to 6 digits."""
+def count_key(column: str) -> str:
+    """The row key holding how many images ``column`` was measured on."""
+    return "aa_images" if column.endswith("(AA images)") else COLUMN_COUNTS.get(column, "images")
+
+
+def outcome_row(outcomes: Mapping[str, torch.Tensor], label: str) -> dict[str, Any]:
+    """A results row from per-image outcomes (bool tensors, e.g. from
+    :func:`~advlib.evaluation.protocols.robustness_outcomes`): ``method`` and ``source`` first, then
+    each column's fraction (6 digits; nan on no images), its 95 % Wilson interval ``<column>_ci95``
+    and the number of images of each kind (``images``, ``aa_images``, ``transfer_images``)."""
     row: dict[str, Any] = {"method": label, "source": "this run"}
-    for key, value in stored.items():
-        row[key] = int(value) if key in COUNT_KEYS else round(float(value), 6)
+    for column, outcome in outcomes.items():
+        n, k = len(outcome), int(outcome.sum())
+        row[column] = round(k / n, 6) if n else float("nan")
+        row[f"{column}_ci95"] = [round(bound, 6) for bound in wilson_interval(k, n)]
+        row[count_key(column)] = n
     return row
+
+
+def paired_tests(outcomes: Mapping[str, Mapping[str, torch.Tensor]], pairs: Sequence[tuple[str, str]],
+                 columns: Sequence[str], level: float = 0.05) -> list[dict[str, Any]]:
+    """For each pair of rows (keys of ``outcomes``, evaluated on the same images) and column, the
+    exact McNemar test (:func:`~advlib.evaluation.statistics.mcnemar_exact`) of their per-image
+    outcomes: both accuracies, their difference (first minus second), the p-value and whether it is
+    below ``level``."""
+    tests = []
+    for first, second in pairs:
+        for column in columns:
+            a, b = outcomes[first][column], outcomes[second][column]
+            p = mcnemar_exact(a, b)
+            tests.append({"first": first, "second": second, "column": column, "n": len(a),
+                          "first_accuracy": a.float().mean().item(), "second_accuracy": b.float().mean().item(),
+                          "difference": (a.float().mean() - b.float().mean()).item(), "p": p,
+                          "significant": p < level})
+    return tests
+
+
+def verdict(test: Mapping[str, Any]) -> str:
+    """A test of :func:`paired_tests` in words: "significant (p = 0.012)", "not significant (p = 0.4)"."""
+    p = "p < 0.001" if test["p"] < 0.001 else f"p = {test['p']:.2g}"
+    return f"significant ({p})" if test["significant"] else f"not significant ({p})"
+
+
+def significance_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One sentence per test of :func:`paired_tests`: the two accuracies, the difference and its
+    :func:`verdict` on those images."""
+    return [f"{test['first']} vs {test['second']}, {test['column']}: {percent(test['first_accuracy'])} % "
+            f"vs {percent(test['second_accuracy'])} % ({100 * test['difference']:+.1f} points) on the "
+            f"same {test['n']} images, {verdict(test)}" for test in tests]
 
 
 def format_eps(eps: float) -> str:
@@ -33,21 +79,31 @@ def percent(value: float | None, digits: int = 1) -> str:
 
 
 def column_count(rows: Sequence[Mapping[str, Any]], column: str) -> str:
-    """How many images ``column`` was measured on: AutoAttack and its PGD check on ``aa_images``,
-    every other column on ``images``; "n varies" if the rows disagree."""
-    key = "aa_images" if column == "AA" or column.endswith("(AA images)") else "images"
+    """How many images ``column`` was measured on (:func:`count_key`: AutoAttack and its PGD check on
+    ``aa_images``, the transfer rate on ``transfer_images``, every other column on ``images``);
+    "n varies" if the rows disagree."""
+    key = count_key(column)
     counts = {row.get(key) for row in rows if row.get(key) is not None}
     if not counts:
         return ""
     return f"n = {counts.pop()}" if len(counts) == 1 else "n varies"
 
 
+def with_interval(row: Mapping[str, Any], column: str) -> str:
+    """A cell: the accuracy in % and, where the row has one, its 95 % interval, e.g. "45.3 (42.2–48.4)"."""
+    interval = row.get(f"{column}_ci95")
+    if interval is None or row.get(column) is None or any(math.isnan(bound) for bound in interval):
+        return percent(row.get(column))
+    return f"{percent(row[column])} ({percent(interval[0])}–{percent(interval[1])})"
+
+
 def results_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], label: str = "method") -> str:
-    """A markdown table, one line per row (its ``method``), each column an accuracy in %, its header
-    saying how many test images it was measured on."""
+    """A markdown table, one line per row (its ``method``), each column an accuracy in % with its
+    95 % confidence interval where the row has one, its header saying how many test images it was
+    measured on."""
     headers = [f"{column} ({count})" if (count := column_count(rows, column)) else column for column in columns]
     lines = ["| " + " | ".join([label, *headers]) + " |", "|" + " --- |" * (len(columns) + 1)]
-    lines += [f"| {row['method']} | " + " | ".join(percent(row.get(column)) for column in columns) + " |"
+    lines += [f"| {row['method']} | " + " | ".join(with_interval(row, column) for column in columns) + " |"
               for row in rows]
     return "\n".join(lines)
 

@@ -11,10 +11,10 @@ from .classifier import classifier, classifier_config  # noqa: F401
 from .purification import (ABLATION, adversarial_pairs, gray_box_tables, purifier_config,  # noqa: F401
                            purifier_student, purifier_student_loss, purifier_teacher)
 from .adversarial_training import (AT_COLUMNS, AT_METHODS, adversarial_training_config,  # noqa: F401
-                                   adversarially_trained, at_evaluation, at_table, save_at_dynat)
+                                   adversarially_trained, at_evaluation, at_outcomes, at_table, save_at_dynat)
 from .distillation import (DISTILLATION_COLUMNS, DISTILLATION_METHODS, DISTILLED, TEACHER_LABEL,  # noqa: F401
-                           distillation_config, distillation_evaluation, distillation_table,
+                           distillation_config, distillation_evaluation, distillation_outcomes, distillation_table,
                            distillation_teacher, distillation_teacher_config, distillation_trainer,
-                           distilled_student, robustbench_model, saad_weights, teacher_passes)
+                           distilled_student, robustbench_model, saad_weights, seed_spread, teacher_passes)
 from .leaderboard import (PURIFIER, PURIFIER_TEACHER, THREATS, Defence, checklist, defences,  # noqa: F401
                           leaderboard, leaderboard_rows, outcomes, precompute)

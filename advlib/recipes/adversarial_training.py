@@ -9,7 +9,7 @@ from torch import nn
 
 from .. import attacks, cache, defenses, papers
 from ..config import Run
-from ..evaluation import accuracy, reporting, robustness_row
+from ..evaluation import accuracy, reporting, robustness_outcomes
 from ..training import fit
 from .common import Method, autoattack_examples, held_out_robustness, network, test_set, training_data
 
@@ -82,12 +82,12 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     return model.eval(), history
 
 
-def at_evaluation(run: Run, method: str) -> dict[str, Any]:
-    """One row of DYNAT's Table 1 for ``method``: accuracy (in [0, 1]) clean and under PGD-10/20/50
-    and CW-∞ (each attack on its own, on the profile's ``eval_subset`` test images), and under
-    AutoAttack (standard) on the first ``autoattack_subset`` of them, with PGD-20 on those same
-    images for the sanity check AA ≤ PGD-20 (:func:`~advlib.evaluation.protocols.robustness_row`).
-    Cached like a trained model."""
+def at_outcomes(run: Run, method: str) -> dict[str, torch.Tensor]:
+    """Per test image, whether ``method`` (a key of :data:`AT_METHODS`) classifies it correctly clean
+    and under PGD-10/20/50 and CW-∞ (each attack on its own, on the profile's ``eval_subset`` test
+    images), under AutoAttack (standard) on the first ``autoattack_subset`` of them and PGD-20 on
+    those same images, for the sanity check AA ≤ PGD-20
+    (:func:`~advlib.evaluation.protocols.robustness_outcomes`). Cached like a trained model."""
     spec = run.config["adversarial_training"]
     evaluation = spec["evaluation"]
     config = {"model": adversarial_training_config(run, method), **evaluation, "eval_attack": spec["eval_attack"]}
@@ -101,11 +101,15 @@ def at_evaluation(run: Run, method: str) -> dict[str, Any]:
         named["CW"] = attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
                                     restarts=evaluation["cw_restarts"], seed=run.seed)
         x_aa = autoattack_examples(run, config["model"], lambda: model, eps, evaluation)
-        row = robustness_row(model, x, y, named, x_aa)
-        return {key: torch.tensor(float(value)) for key, value in row.items()}
+        return robustness_outcomes(model, x, y, named, x_aa)
 
-    stored = cache.load_or_compute("at-evaluation", config, compute)
-    return reporting.stored_row(stored, AT_METHODS[method].label)
+    return cache.load_or_compute("at-evaluation", config, compute)
+
+
+def at_evaluation(run: Run, method: str) -> dict[str, Any]:
+    """One row of DYNAT's Table 1 for ``method``: accuracy (in [0, 1]) with its 95 % interval, clean
+    and under each attack of :func:`at_outcomes`, and how many images each column saw."""
+    return reporting.outcome_row(at_outcomes(run, method), AT_METHODS[method].label)
 
 
 def at_table(run: Run, methods: list[str], save: bool = False) -> list[dict[str, Any]]:

@@ -56,21 +56,26 @@ def network(run: Run, role: str, **architecture: Any) -> nn.Module:
     return prepare_model(net, run.device)
 
 
-def training_data(run: Run, config: dict[str, Any]) -> tuple[data.TensorLoader, torch.Tensor, torch.Tensor]:
-    """The shuffled (optionally augmented) training loader of ``config`` and its held-out slice."""
+def training_data(run: Run, config: dict[str, Any], shuffle_seed: int | None = None
+                  ) -> tuple[data.TensorLoader, torch.Tensor, torch.Tensor]:
+    """The shuffled (optionally augmented) training loader of ``config`` and its held-out slice. The
+    images are the run's seed's; ``shuffle_seed`` (default the run's) orders and augments them."""
     train_set = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
     train_set, holdout = train_set.split(config["holdout"], run.seed)
     x_val, y_val = holdout.tensors(run.device)
     loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, augment=config["augment"],
-                               drop_last=True, device=run.device, seed=run.seed)
+                               drop_last=True, device=run.device,
+                               seed=run.seed if shuffle_seed is None else shuffle_seed)
     return loader, x_val, y_val
 
 
 def test_set(run: Run, subset: int | None | str = "profile") -> tuple[torch.Tensor, torch.Tensor]:
     """The test images (floats in [0, 1]) and labels on the run's device; ``subset`` defaults to the
-    profile's ``eval_subset`` (a fixed random sample, the same in every chapter)."""
+    profile's ``eval_subset``. A fixed random sample, the same in every chapter, and nested
+    (:meth:`~advlib.data.ImageSet.sample`): the first m images of ``test_set(run, n)`` are
+    ``test_set(run, m)``, so chapters 6-8's AutoAttack images are the leaderboard's."""
     n = run.config["eval_subset"] if subset == "profile" else subset
-    return data.load(run.dataset, "test").subset(n, seed=0).tensors(run.device)
+    return data.load(run.dataset, "test").sample(n, seed=0).tensors(run.device)
 
 
 def autoattack_examples(run: Run, model_config: dict[str, Any], load: Callable[[], nn.Module], eps: float,
@@ -96,11 +101,15 @@ def autoattack_examples(run: Run, model_config: dict[str, Any], load: Callable[[
 def autoattack_key(run: Run, model_config: dict[str, Any], eps: float, section: dict[str, Any], bpda: bool = False,
                    n_test: int | None = None) -> dict[str, Any]:
     """What determines :func:`autoattack_examples` (its cache key); ``n_test``, the number of
-    ``eval_subset`` test images, is read from the data when not given."""
+    ``eval_subset`` test images, is read from the data when not given. The first n images of a
+    sampled ``eval_subset`` are the sample of n (:func:`test_set`), so the key records that sample's
+    size: chapters 6-8 (1000 evaluation images, AutoAttack on 200) and chapter 9 (200) share them."""
     if n_test is None:
         n_test = len(test_set(run, section["eval_subset"])[1])
-    return {"model": model_config, "eps": eps, "bpda": bpda, "eval_subset": section["eval_subset"],
-            "images": min(section.get("autoattack_subset") or n_test, n_test),
+    images = min(section.get("autoattack_subset") or n_test, n_test)
+    sampled = section["eval_subset"] is not None and section["eval_subset"] < len(data.load(run.dataset, "test"))
+    return {"model": model_config, "eps": eps, "bpda": bpda, "eval_subset": images if sampled else None,
+            "images": images,
             "iterations": section["autoattack_iterations"], "square_queries": section["square_queries"],
             "targets": section["autoattack_targets"], "seed": run.seed}
 

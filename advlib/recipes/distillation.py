@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import attacks, cache, defenses, paths
 from ..config import Run, prepare_model
-from ..evaluation import reporting, robustness_row
+from ..evaluation import reporting, robustness_outcomes
 from ..training import fit
 from .adversarial_training import adversarial_training_config, adversarially_trained
 from .common import Method, autoattack_examples, held_out_robustness, network, test_set, training_data
@@ -69,9 +69,10 @@ def distillation_teacher(run: Run) -> nn.Module:
     return adversarially_trained(run, spec["teacher"])[0]
 
 
-def distillation_config(run: Run, method: str) -> dict[str, Any]:
+def distillation_config(run: Run, method: str, seed: int | None = None) -> dict[str, Any]:
     """Everything that determines the weights of the student of ``method`` (a key of
-    :data:`DISTILLATION_METHODS`) under ``run``'s profile."""
+    :data:`DISTILLATION_METHODS`) under ``run``'s profile; ``seed`` seeds the student alone
+    (:func:`distilled_student`)."""
     if method not in DISTILLATION_METHODS:
         raise ValueError(f"unknown distillation method {method!r}; known methods: {', '.join(DISTILLATION_METHODS)}")
     spec = run.config["distillation"]
@@ -86,34 +87,46 @@ def distillation_config(run: Run, method: str) -> dict[str, Any]:
         config["teacher"] = distillation_teacher_config(run)
         config["trainer_options"] = options
     config["averaging"] = spec["averaging"] if method == "saad" or spec["average_baselines"] else None
+    if seed is not None and seed != run.seed:
+        config["student_seed"] = seed
     return config
 
 
-def distillation_trainer(run: Run, method: str, teacher: nn.Module) -> Any:
-    """The trainer of ``method`` with the profile's options, distilling from ``teacher``."""
+def distillation_trainer(run: Run, method: str, teacher: nn.Module, seed: int | None = None) -> Any:
+    """The trainer of ``method`` with the profile's options, distilling from ``teacher``; ``seed``
+    (default the run's) seeds its attacks' random starts."""
     config = distillation_config(run, method)
+    seed = run.seed if seed is None else seed
     if "trainer_options" not in config:
-        return defenses.build(DISTILLATION_METHODS[method].trainer, seed=run.seed)
+        return defenses.build(DISTILLATION_METHODS[method].trainer, seed=seed)
     return defenses.build(DISTILLATION_METHODS[method].trainer, teacher=teacher, **config["trainer_options"],
-                          seed=run.seed)
+                          seed=seed)
 
 
-def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:
+def distilled_student(run: Run, method: str, seed: int | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The student of ``method`` in eval mode (SAAD's is the SWA average), with its per-epoch history:
     training loss/accuracy, held-out clean and PGD-10 accuracy and ``val_transfer``, the
     :func:`~advlib.evaluation.protocols.transfer_rate` of the student's held-out PGD-10 examples
     (crafted on the images it classifies correctly) to the teacher; for SAAD also its
-    :meth:`~advlib.defenses.distillation.SAAD.epoch_statistics`."""
-    config = distillation_config(run, method)
+    :meth:`~advlib.defenses.distillation.SAAD.epoch_statistics`.
+
+    ``seed`` (default the run's) seeds the student alone — its initial weights, the order of its
+    batches and its attacks' random starts — while the teacher and the training images stay the
+    run's: retraining with other seeds shows how much of a result is seed noise (chapter 7)."""
+    config = distillation_config(run, method, seed)
     spec = run.config["distillation"]
-    model = network(run, "student")
+    student_seed = config.get("student_seed", run.seed)
+    with torch.random.fork_rng(devices=[]):
+        if "student_seed" in config:
+            torch.manual_seed(student_seed)
+        model = network(run, "student")
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         teacher = distillation_teacher(run)
-        loader, x_val, y_val = training_data(run, config)
+        loader, x_val, y_val = training_data(run, config, shuffle_seed=student_seed)
         val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
         return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
-                   schedule=config["schedule"], loss_fn=distillation_trainer(run, method, teacher),
+                   schedule=config["schedule"], loss_fn=distillation_trainer(run, method, teacher, student_seed),
                    checkpoint=checkpoint, desc=method, averaging=config["averaging"],
                    evaluate=lambda student: held_out_robustness(student, x_val, y_val, val_attack, teacher))
 
@@ -121,21 +134,24 @@ def distilled_student(run: Run, method: str) -> tuple[nn.Module, list[dict[str, 
     return model.eval(), history
 
 
-def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
-    """One row of the SAAD comparison for ``"teacher"`` or a student of :data:`DISTILLATION_METHODS`:
-    accuracy (in [0, 1]) clean and under FGSM, PGD-20 and CW-∞ (each on its own, on the profile's
-    ``eval_subset`` test images), AutoAttack (standard) on the first ``autoattack_subset`` with
-    PGD-20 on the same images, and for students ``transfer``: the transfer rate to the teacher of the
-    student's PGD-20 examples of the images it classifies correctly. Cached like a trained model."""
+def distillation_outcomes(run: Run, method: str, seed: int | None = None) -> dict[str, torch.Tensor]:
+    """Per test image, for ``"teacher"`` or a student of :data:`DISTILLATION_METHODS`: correct clean
+    and under FGSM, PGD-20 and CW-∞ (each on its own, on the profile's ``eval_subset`` test images),
+    under AutoAttack (standard) on the first ``autoattack_subset`` with PGD-20 on the same images,
+    and for students ``transfer``: for each of the student's PGD-20 examples that fools it (crafted
+    on an image it classifies correctly), whether it fools the teacher too
+    (:func:`~advlib.evaluation.protocols.robustness_outcomes`); ``seed``: the student of that seed
+    (:func:`distilled_student`). Cached like a trained model."""
     spec = run.config["distillation"]
     evaluation = spec["evaluation"]
-    model_config = distillation_teacher_config(run) if method == "teacher" else distillation_config(run, method)
+    model_config = (distillation_teacher_config(run) if method == "teacher"
+                    else distillation_config(run, method, seed))
     config = {"model": model_config, "teacher": distillation_teacher_config(run), **evaluation,
               "eval_attack": spec["eval_attack"]}
 
     def compute() -> dict[str, torch.Tensor]:
         teacher = distillation_teacher(run)
-        model = teacher if method == "teacher" else distilled_student(run, method)[0]
+        model = teacher if method == "teacher" else distilled_student(run, method, seed)[0]
         x, y = test_set(run, evaluation["eval_subset"])
         eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
         named = {"FGSM": attacks.build("fgsm", eps=eps),
@@ -143,12 +159,27 @@ def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
                  "CW": attacks.build("cw-linf", eps=eps, alpha=alpha, steps=evaluation["cw_steps"],
                                      restarts=evaluation["cw_restarts"], seed=run.seed)}
         x_aa = autoattack_examples(run, model_config, lambda: model, eps, evaluation)
-        row = robustness_row(model, x, y, named, x_aa, transfer_to=None if method == "teacher" else teacher)
-        return {key: torch.tensor(float(value)) for key, value in row.items()}
+        return robustness_outcomes(model, x, y, named, x_aa, transfer_to=None if method == "teacher" else teacher)
 
-    stored = cache.load_or_compute("distillation-evaluation", config, compute)
+    return cache.load_or_compute("distillation-evaluation", config, compute)
+
+
+def distillation_evaluation(run: Run, method: str) -> dict[str, Any]:
+    """One row of the SAAD comparison (:func:`distillation_outcomes`): each column's fraction with
+    its 95 % interval and how many images it saw; ``transfer`` is the transfer rate to the teacher."""
     label = TEACHER_LABEL if method == "teacher" else DISTILLATION_METHODS[method].label
-    return reporting.stored_row(stored, label)
+    return reporting.outcome_row(distillation_outcomes(run, method), label)
+
+
+def seed_spread(run: Run) -> list[dict[str, Any]]:
+    """The profile's ``seed_spread`` method (SAAD) retrained with ``seeds`` student seeds (the run's
+    seed and the next ones; the teacher and the training images stay the run's), one evaluation
+    row per seed (:func:`distillation_evaluation`, labelled with the seed)."""
+    spread = run.config["distillation"]["seed_spread"]
+    method = spread["method"]
+    label = DISTILLATION_METHODS[method].label
+    return [reporting.outcome_row(distillation_outcomes(run, method, run.seed + k), f"{label}, seed {run.seed + k}")
+            for k in range(spread["seeds"])]
 
 
 def distillation_table(run: Run) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,56 @@
+"""Results rows, tables and paired tests as readers see them, worked by hand on a few images."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from advlib.evaluation import reporting
+
+# clean 3 of 4, PGD-20 1 of 4, AutoAttack 0 of 2 (its images), the transfer rate 1 of 3
+OUTCOMES = {"clean": torch.tensor([1, 1, 0, 1]).bool(), "PGD-20": torch.tensor([1, 0, 0, 0]).bool(),
+            "AA": torch.tensor([0, 0]).bool(), "PGD-20 (AA images)": torch.tensor([1, 0]).bool(),
+            "transfer": torch.tensor([1, 0, 0]).bool()}
+
+
+def test_outcome_row_counts_each_column_on_its_own_images():
+    row = reporting.outcome_row(OUTCOMES, "ARD")
+    assert (row["method"], row["source"]) == ("ARD", "this run")
+    assert row["clean"] == 0.75 and row["PGD-20"] == 0.25 and row["AA"] == 0.0
+    assert row["transfer"] == pytest.approx(1 / 3, abs=1e-6)
+    assert (row["images"], row["aa_images"], row["transfer_images"]) == (4, 2, 3)
+    # Wilson, 3 of 4, z = 1.96: centre (0.75 + 0.4802)/1.9604 = 0.6275, half 1.96·0.32695/1.9604 = 0.3269
+    low, high = row["clean_ci95"]
+    assert low == pytest.approx(0.3006, abs=1e-3) and high == pytest.approx(0.9544, abs=1e-3)
+    assert row["AA_ci95"][0] == 0.0 and 0 < row["AA_ci95"][1] < 1
+
+
+def test_table_cells_carry_the_interval_and_headers_the_count():
+    table = reporting.results_table([reporting.outcome_row(OUTCOMES, "ARD")], ["clean", "AA", "transfer"])
+    header, _, line = table.splitlines()
+    assert header == "| method | clean (n = 4) | AA (n = 2) | transfer (n = 3) |"
+    assert line.startswith("| ARD | 75.0 (30.1–95.4) | 0.0 (0.0–")
+    quoted = {"method": "PGD-AT (paper)", "clean": 0.8}  # a paper's number has no interval
+    assert reporting.results_table([quoted], ["clean"]).splitlines()[-1] == "| PGD-AT (paper) | 80.0 |"
+
+
+def test_paired_tests_by_hand():
+    # 2 discordant images, both where only "a" is right: p = 2·C(2,0)/2^2 = 0.5
+    outcomes = {"a": {"PGD-20": torch.tensor([1, 1, 1, 0]).bool()}, "b": {"PGD-20": torch.tensor([0, 0, 1, 0]).bool()}}
+    (test,) = reporting.paired_tests(outcomes, [("a", "b")], ["PGD-20"])
+    assert test["p"] == pytest.approx(0.5) and not test["significant"]
+    assert test["difference"] == pytest.approx(0.5) and test["n"] == 4
+    # 10 discordant images, all favouring "a": p = 2/2^10 < 0.05
+    many = {"a": {"clean": torch.ones(12).bool()}, "b": {"clean": torch.tensor([0] * 10 + [1, 1]).bool()}}
+    (test,) = reporting.paired_tests(many, [("a", "b")], ["clean"])
+    assert test["p"] == pytest.approx(2 / 1024) and test["significant"]
+    assert reporting.verdict({"p": 0.0004, "significant": True}) == "significant (p < 0.001)"
+    (line,) = reporting.significance_lines([test])
+    assert line == "a vs b, clean: 100.0 % vs 16.7 % (+83.3 points) on the same 12 images, significant (p = 0.002)"
+
+
+def test_a_column_measured_on_no_images_has_no_number():
+    row = reporting.outcome_row({"transfer": torch.zeros(0).bool()}, "Standard")
+    assert math.isnan(row["transfer"]) and row["transfer_images"] == 0
+    assert reporting.with_interval(row, "transfer") == "—"
