@@ -75,11 +75,19 @@ def compare_curves(histories: dict[str, Sequence[dict[str, Any]]], panels: dict[
 
 def rows_scatter(rows: Sequence[dict[str, Any]], x: str, y: str, xlabel: str, ylabel: str,
                  reference: tuple[str, float] | None = None) -> plt.Figure:
-    """One point per results row (``method``), ``x`` against ``y`` in %; ``reference`` draws a
-    labelled horizontal line (e.g. the teacher's robust accuracy)."""
+    """One point per results row (``method``), ``x`` against ``y`` in %, with error bars where the row
+    has 95 % intervals (``<column>_ci95``); ``reference`` draws a labelled horizontal line (e.g. the
+    teacher's robust accuracy)."""
+    def bar(row: dict[str, Any], column: str) -> list[list[float]] | None:
+        interval = row.get(f"{column}_ci95")
+        if interval is None:
+            return None
+        return [[100 * (row[column] - interval[0])], [100 * (interval[1] - row[column])]]
+
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for row in rows:
-        ax.scatter(100 * row[x], 100 * row[y], s=60, label=row["method"])
+        ax.errorbar(100 * row[x], 100 * row[y], xerr=bar(row, x), yerr=bar(row, y), fmt="o", markersize=7,
+                    capsize=3, label=row["method"])
     if reference is not None:
         ax.axhline(100 * reference[1], color="grey", ls="--", lw=1, label=reference[0])
     ax.set_xlabel(xlabel)

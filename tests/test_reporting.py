@@ -54,3 +54,20 @@ def test_a_column_measured_on_no_images_has_no_number():
     row = reporting.outcome_row({"transfer": torch.zeros(0).bool()}, "Standard")
     assert math.isnan(row["transfer"]) and row["transfer_images"] == 0
     assert reporting.with_interval(row, "transfer") == "—"
+
+
+def test_scatter_draws_each_rows_interval_as_its_error_bar():
+    import matplotlib
+    matplotlib.use("Agg")
+    from advlib import plots
+    row = reporting.outcome_row(OUTCOMES, "ARD")
+    quoted = {"method": "paper", "clean": 0.8, "PGD-20": 0.5}  # no interval: a plain point
+    fig = plots.rows_scatter([row, quoted], "clean", "PGD-20", "clean (%)", "PGD-20 (%)")
+    with_bars, plain = fig.axes[0].containers
+    (x_segments, y_segments) = [c.get_segments() for c in with_bars[2]]
+    low, high = row["clean_ci95"]
+    assert x_segments[0][0][0] == pytest.approx(100 * low) and x_segments[0][1][0] == pytest.approx(100 * high)
+    low, high = row["PGD-20_ci95"]
+    assert y_segments[0][0][1] == pytest.approx(100 * low) and y_segments[0][1][1] == pytest.approx(100 * high)
+    assert not plain.has_xerr and not plain.has_yerr
+    matplotlib.pyplot.close(fig)
