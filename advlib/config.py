@@ -53,6 +53,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             # Sec. 3.3: the AT teacher is given x', the NT teacher the clean image
             "beta": 0.5, "gamma": 0.5, "kd_space": "pixels", "nt_sees_clean": True,
             "eval_subset": 400, "autoattack_subset": 100,
+            # the gray-box AutoAttack of Tables 1-2 with the reference's budgets
+            "autoattack_iterations": 100, "square_queries": 5000,
         },
         "adversarial_training": {
             # Chapters 6 and 8, sized for two CPU cores: a small CNN target, a narrower guide, 2 200
@@ -149,6 +151,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             # Sec. 3.3: the AT teacher is given x', the NT teacher the clean image
             "beta": 0.5, "gamma": 0.5, "kd_space": "pixels", "nt_sees_clean": True,
             "eval_subset": None, "autoattack_subset": None,
+            "autoattack_iterations": 100, "square_queries": 5000,
         },
         "adversarial_training": {
             # Seed 002, Sec. 4.1 and the authors' code (notes §3): WRN-34-10 target, LBGAT's
@@ -228,6 +231,7 @@ PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
     "classifier.batch_size": 64,
     "purification.train_subset": 192, "purification.batch_size": 16, "purification.teacher_epochs": 1,
     "purification.student_epochs": 1, "purification.eval_subset": 24, "purification.autoattack_subset": 8,
+    "purification.autoattack_iterations": 5, "purification.square_queries": 20,
     # WRN-34-10 takes about a second per forward+backward pass of 4 images on two CPU cores
     "adversarial_training.train_subset": 4, "adversarial_training.holdout": 2,
     "adversarial_training.batch_size": 2, "adversarial_training.epochs": 1,

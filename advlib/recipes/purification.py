@@ -140,13 +140,16 @@ ABLATION = {"AT teacher, no KD": "AT teacher, no KD", "KD from AT": "KD from AT"
 def gray_box_tables(run: Run, purifiers: dict[str, nn.Module]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The paper's Tables 1 and 2 under its protocol (:func:`~advlib.evaluation.protocols.gray_box`):
     every attack of Sec. 4.1 crafted on the chapter-1 classifier alone, on the profile's test images
-    (AutoAttack on the first ``autoattack_subset``), scored through each of ``purifiers`` (which
+    (AutoAttack on the first ``autoattack_subset``, with the section's ``autoattack_iterations`` and
+    ``square_queries``: the reference's, cut in the smoke run), scored through each of ``purifiers`` (which
     must hold ``"ours"`` and the ablation's purifiers of :data:`ABLATION`). Accuracies in %, next to
     the paper's; both tables are written to the results folder."""
     spec = run.config["purification"]
     model, _ = classifier(run)
     x, y = test_set(run, spec["eval_subset"])
-    named = {name: attacks.build(**{**settings, "seed": run.seed}) for name, settings in PURIFICATION_ATTACKS.items()}
+    budgets = {"AA": {"iterations": spec["autoattack_iterations"], "square_queries": spec["square_queries"]}}
+    named = {name: attacks.build(**{**settings, **budgets.get(name, {}), "seed": run.seed})
+             for name, settings in PURIFICATION_ATTACKS.items()}
     subsets = {"AA": spec["autoattack_subset"]} if spec["autoattack_subset"] else None
     table = gray_box(model, purifiers, named, x, y, subsets=subsets)
 
