@@ -30,7 +30,9 @@ def test_table_cells_carry_the_interval_and_headers_the_count():
     table = reporting.results_table([reporting.outcome_row(OUTCOMES, "ARD")], ["clean", "AA", "transfer"])
     header, _, line = table.splitlines()
     assert header == "| method | clean (n = 4) | AA (n = 2) | transfer (n = 3) |"
-    assert line.startswith("| ARD | 75.0 (30.1–95.4) | 0.0 (0.0–")
+    assert line.startswith("| ARD | 75.0 (30.1–95.4) | 0.0 (0.0–")  # far from symmetric: the bounds
+    half = {"method": "m", "clean": 0.5, "clean_ci95": [0.469, 0.531]}  # Wilson for 500 of 1000
+    assert reporting.results_table([half], ["clean"]).splitlines()[-1] == "| m | 50.0 ± 3.1 |"
     quoted = {"method": "PGD-AT (paper)", "clean": 0.8}  # a paper's number has no interval
     assert reporting.results_table([quoted], ["clean"]).splitlines()[-1] == "| PGD-AT (paper) | 80.0 |"
 

@@ -90,11 +90,16 @@ def column_count(rows: Sequence[Mapping[str, Any]], column: str) -> str:
 
 
 def with_interval(row: Mapping[str, Any], column: str) -> str:
-    """A cell: the accuracy in % and, where the row has one, its 95 % interval, e.g. "45.3 (42.2–48.4)"."""
+    """A cell: the accuracy in % and, where the row has one, its 95 % interval: "45.3 ± 3.1" (half its
+    width) when the interval is symmetric around the accuracy to within a tenth of that, else its
+    bounds, "0.9 (0.5–1.7)". The rows keep the exact bounds (``<column>_ci95``)."""
     interval = row.get(f"{column}_ci95")
     if interval is None or row.get(column) is None or any(math.isnan(bound) for bound in interval):
         return percent(row.get(column))
-    return f"{percent(row[column])} ({percent(interval[0])}–{percent(interval[1])})"
+    value, (low, high) = row[column], interval
+    if abs((high - value) - (value - low)) <= 0.1 * (high - low) / 2:
+        return f"{percent(value)} ± {100 * (high - low) / 2:.1f}"
+    return f"{percent(value)} ({percent(low)}–{percent(high)})"
 
 
 def results_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], label: str = "method") -> str:
