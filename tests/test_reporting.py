@@ -73,3 +73,35 @@ def test_scatter_draws_each_rows_interval_as_its_error_bar():
     assert y_segments[0][0][1] == pytest.approx(100 * low) and y_segments[0][1][1] == pytest.approx(100 * high)
     assert not plain.has_xerr and not plain.has_yerr
     matplotlib.pyplot.close(fig)
+
+
+def test_rows_keep_six_digits():
+    row = reporting.outcome_row({"transfer": torch.tensor([1, 0, 0]).bool()}, "ARD")
+    assert row["transfer"] == 0.333333 and all(len(str(bound).split(".")[1]) <= 6 for bound in row["transfer_ci95"])
+
+
+def test_each_column_counts_its_own_images():
+    assert reporting.count_key("PGD-20 (AA images)") == "aa_images" and reporting.count_key("AA") == "aa_images"
+    assert reporting.count_key("transfer") == "transfer_images" and reporting.count_key("CW") == "images"
+    rows = [{"method": "a", "clean": 0.5, "images": 10}, {"method": "b", "clean": 0.5, "images": 12}]
+    header, rule, *_ = reporting.results_table(rows, ["clean", "FGSM"]).splitlines()
+    assert header == "| method | clean (n varies) | FGSM (n varies) |"
+    assert rule == "| --- | --- | --- |"
+    bare = reporting.results_table([{"method": "paper", "clean": 0.8}], ["clean"]).splitlines()[0]
+    assert bare == "| method | clean |", "no count, no parentheses"
+
+
+def test_a_cell_shows_plus_minus_only_for_a_symmetric_interval():
+    def cell(value, low, high):
+        return reporting.with_interval({"x": value, "x_ci95": [low, high]}, "x")
+    assert cell(0.5, 0.4, 0.6) == "50.0 ± 10.0"
+    assert cell(0.5, 0.4, 0.609) == "50.0 ± 10.4", "0.9 points lopsided, within a tenth of the half-width"
+    assert cell(0.5, 0.4, 0.62) == "50.0 (40.0–62.0)", "2 points lopsided: more than a tenth of 11"
+
+
+def test_verdicts_at_their_thresholds():
+    assert reporting.verdict({"p": 0.001, "significant": True}) == "significant (p = 0.001)"
+    assert reporting.verdict({"p": 0.4, "significant": False}) == "not significant (p = 0.4)"
+    outcomes = {"a": {"c": torch.tensor([1, 1, 0]).bool()}, "b": {"c": torch.tensor([0, 0, 0]).bool()}}
+    (test,) = reporting.paired_tests(outcomes, [("a", "b")], ["c"], level=0.5)  # p = 2·C(2,0)/2^2 = 0.5
+    assert test["p"] == pytest.approx(0.5) and not test["significant"], "significant means p below the level"
