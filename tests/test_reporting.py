@@ -105,3 +105,42 @@ def test_verdicts_at_their_thresholds():
     outcomes = {"a": {"c": torch.tensor([1, 1, 0]).bool()}, "b": {"c": torch.tensor([0, 0, 0]).bool()}}
     (test,) = reporting.paired_tests(outcomes, [("a", "b")], ["c"], level=0.5)  # p = 2·C(2,0)/2^2 = 0.5
     assert test["p"] == pytest.approx(0.5) and not test["significant"], "significant means p below the level"
+
+
+def test_autoattack_sanity_lines_flag_more_robustness_than_pgd():
+    rows = [{"method": "ok-row", "AA": 0.40, "PGD-20 (AA images)": 0.45, "aa_images": 200},
+            {"method": "bad", "AA": 0.46, "PGD-20 (AA images)": 0.45, "aa_images": 200},
+            {"method": "tie", "AA": 0.45 + 1e-12, "PGD-20 (AA images)": 0.45, "aa_images": 200}]
+    assert reporting.autoattack_sanity_lines(rows) == [
+        "ok-row  AA  40.0 % <= PGD-20  45.0 % on the same 200 images: ok",
+        "bad     AA  46.0 % <= PGD-20  45.0 % on the same 200 images: VIOLATED",
+        "tie     AA  45.0 % <= PGD-20  45.0 % on the same 200 images: ok"]
+    at_tolerance = [{"method": "m", "AA": 0.45 + 1e-9, "PGD-20 (AA images)": 0.45, "aa_images": 2}]
+    assert reporting.autoattack_sanity_lines(at_tolerance)[0].endswith(": ok"), "1e-9 of float noise is not more"
+    assert reporting.autoattack_sanity_lines([]) == []
+    cw = [{"method": "m", "AA": 0.3, "CW (AA images)": 0.2, "aa_images": 8}]
+    assert reporting.autoattack_sanity_lines(cw, check="CW") == ["m  AA  30.0 % <= CW  20.0 % on the same 8 images: VIOLATED"]
+
+
+def test_grid_table_by_hand():
+    table = {"PGD8": {"ours": 45.26, "images": 100}, "FGSM": {"ours": "n/a"}}
+    assert reporting.grid_table(table, ["ours", "images"]).splitlines() == [
+        "| attack | ours | images |", "| --- | --- | --- |", "| PGD8 | 45.3 | 100 |", "| FGSM | n/a | — |"]
+    assert reporting.grid_table({}, ["x"], row_label="row").splitlines()[0] == "| row | x |"
+
+
+def test_the_evaluation_sentence_names_every_budget():
+    evaluation = {"cw_steps": 20, "cw_restarts": 1, "autoattack_iterations": 25, "autoattack_targets": 3,
+                  "square_queries": 300, "autoattack_subset": 200}
+    assert reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, evaluation) == (
+        "ε = 0.1, step 0.025; FGSM, PGD-20, CW-∞ 20 steps × 1 restart; AutoAttack (standard) with 25 iterations "
+        "per white-box attack, 3 target classes for APGD-T and FAB-T and 300 Square queries, on the first 200 "
+        "evaluation images")
+    paper = {**evaluation, "cw_restarts": 10, "autoattack_subset": None}
+    sentence = reporting.describe_evaluation({"eps": 8 / 255, "alpha": 2 / 255}, paper)
+    assert sentence.startswith("ε = 0.03137, step 0.007843; FGSM, PGD-20, CW-∞ 20 steps × 10 restarts;")
+    assert sentence.endswith("on all evaluation images")
+    two = reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, {**evaluation, "cw_restarts": 2})
+    assert "CW-∞ 20 steps × 2 restarts;" in two
+    unsaid = {key: value for key, value in evaluation.items() if key != "cw_restarts"}
+    assert "CW-∞ 20 steps × 1 restart;" in reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, unsaid)

@@ -142,9 +142,9 @@ def describe_evaluation(eval_attack: Mapping[str, float], evaluation: Mapping[st
     """One sentence naming a chapter's evaluation attacks and their budgets, from its profile
     section (``eval_attack`` and ``evaluation``), for the line above a results table."""
     restarts = evaluation.get("cw_restarts", 1)
-    aa_images = evaluation["autoattack_subset"] or "all"
+    aa_images = (f"the first {evaluation['autoattack_subset']}" if evaluation["autoattack_subset"] else "all")
     return (f"ε = {eval_attack['eps']:.4g}, step {eval_attack['alpha']:.4g}; FGSM, PGD-20, CW-∞ {evaluation['cw_steps']} "
             f"steps × {restarts} restart{'s' if restarts > 1 else ''}; AutoAttack (standard) with "
             f"{evaluation['autoattack_iterations']} iterations per white-box attack, {evaluation['autoattack_targets']} "
-            f"target classes for APGD-T and FAB-T and {evaluation['square_queries']} Square queries, on the first "
+            f"target classes for APGD-T and FAB-T and {evaluation['square_queries']} Square queries, on "
             f"{aa_images} evaluation images")
