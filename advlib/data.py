@@ -82,10 +82,11 @@ class ImageSet:
         return self.select(split_indices(len(self), n, seed)[1])
 
     def sample(self, n: int | None, seed: int = 0) -> "ImageSet":
-        """The first ``n`` examples of a seeded random order (all of them, in file order, if ``n`` is
-        None or too large). Samples are nested: ``sample(m)`` is the first ``m`` of ``sample(n)`` for
-        m ≤ n, so a smaller evaluation (AutoAttack) runs on images a larger one also sees."""
-        if n is None or n >= len(self):
+        """The first ``n`` examples of a seeded random order (all of them if ``n`` is larger; the set
+        itself, in file order, if ``n`` is None). Samples are nested: ``sample(m)`` is the first ``m``
+        of ``sample(n)`` for m ≤ n, so a smaller evaluation (AutoAttack) runs on images a larger one
+        also sees."""
+        if n is None:
             return self
         return self.select(torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n])
 

@@ -166,4 +166,7 @@ def test_samples_are_nested_seeded_and_without_replacement():
     assert torch.equal(large.images[:5], small.images)
     assert len(set(large.labels.tolist())) == 12, "drawn without replacement"
     assert not torch.equal(full.sample(12, seed=5).labels, large.labels)
-    assert full.sample(None) is full and full.sample(20) is full, "all of them, in file order"
+    assert full.sample(None) is full, "None: the set itself, in file order"
+    everything = full.sample(30, seed=4)
+    assert sorted(everything.labels.tolist()) == list(range(20)), "more than there are: all, in random order"
+    assert torch.equal(everything.labels[:12], large.labels), "still nested"
