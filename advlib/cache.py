@@ -38,10 +38,21 @@ CODE_VERSIONS: dict[str, int] = {
     "purifier": 2,                 # the NT teacher is given the clean image (Koo et al. Sec. 3.3)
     "at": 2,                       # DYNAT's clean BatchNorm pass, the AWP variants, step 2/255
     "at-evaluation": 4,            # per-image outcomes (confidence intervals, paired tests)
-    "distilled": 2,                # SAAD's statistics through the training loop's hooks
+    "distilled": 3,                # initial weights drawn from the student's seed
     "distillation-evaluation": 4,  # per-image outcomes (confidence intervals, paired tests)
     "autoattack-examples": 1,      # test images in nested random order (recipes.test_set)
     "leaderboard-checklist": 1,    # test images in nested random order (recipes.test_set)
+}
+
+
+# Results computed from trained models (evaluations, adversarial examples) also carry the code
+# versions of those models' kinds: retraining a model under new code invalidates what was measured on it.
+TRAINED_MODEL_KINDS = ("classifier", "purifier", "at", "distilled")
+CODE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "at-evaluation": ("at",),
+    "distillation-evaluation": ("at", "distilled"),
+    "autoattack-examples": TRAINED_MODEL_KINDS,
+    "leaderboard-checklist": TRAINED_MODEL_KINDS,
 }
 
 
@@ -58,9 +69,11 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def artifact_path(kind: str, config: dict[str, Any], root: Path | None = None) -> Path:
-    """Where the artifact of ``kind`` for ``config`` lives: the hash covers the configuration and the
-    kind's code version."""
-    key = {"config": config, "code_version": code_version(kind)}
+    """Where the artifact of ``kind`` for ``config`` lives: the hash covers the configuration, the
+    kind's code version and those of the model kinds it is computed from (:data:`CODE_DEPENDENCIES`)."""
+    key: dict[str, Any] = {"config": config, "code_version": code_version(kind)}
+    if kind in CODE_DEPENDENCIES:
+        key["model_code_versions"] = {model: code_version(model) for model in CODE_DEPENDENCIES[kind]}
     return (root or paths.cache_dir()) / f"{kind}-{config_hash(key)}.pt"
 
 
@@ -107,7 +120,8 @@ _quiet = False
 
 def _announce_load(kind: str, path: Path) -> None:
     """Say once per process that an artifact came from the cache (recipes load the same classifier
-    many times; a page should say so once), unless :func:`quietly` holds it back."""
+    many times; a page should say so once), unless :func:`quietly` holds it back or this process
+    announced computing or training it."""
     if path not in _ANNOUNCED:
         _ANNOUNCED.add(path)
         if not _quiet:
@@ -166,6 +180,7 @@ def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dic
             return tensors
         if verbose:
             print(f"computing {kind} (to be cached as {_name(path)})")
+            _ANNOUNCED.add(path)  # said once: a later load in this process needs no "loaded" line
         tensors = compute()
         atomic_save(tensors, path)
         return tensors
@@ -192,6 +207,7 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
         if verbose:
             resuming = ", resuming from its last finished epoch" if checkpoint.is_file() else ""
             print(f"training {kind}{resuming} (to be cached as {_name(path)})")
+            _ANNOUNCED.add(path)
         history = train(model, checkpoint)
         atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)
         atomic_write_json(config, path.with_suffix(".json"), sort_keys=True)

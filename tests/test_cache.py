@@ -39,6 +39,20 @@ def test_a_new_code_version_is_never_served_an_old_artifact(tmp_path, monkeypatc
     assert len(calls) == 2 and model.weight[0, 0].item() == 2.0, "changed code recomputes"
 
 
+def test_a_retrained_model_is_never_served_old_results(tmp_path, monkeypatch):
+    """An evaluation is keyed by the model's configuration; a new code version of the model's kind
+    (the model is retrained) must also move the evaluation's key, or its numbers describe the old model."""
+    before = cache.artifact_path("distillation-evaluation", {"model": "saad"}, tmp_path)
+    examples = cache.artifact_path("autoattack-examples", {"model": "saad"}, tmp_path)
+    unrelated = cache.artifact_path("classifier", {"a": 1}, tmp_path)
+    monkeypatch.setitem(cache.CODE_VERSIONS, "distilled", cache.CODE_VERSIONS["distilled"] + 1)
+    assert cache.artifact_path("distillation-evaluation", {"model": "saad"}, tmp_path) != before
+    assert cache.artifact_path("autoattack-examples", {"model": "saad"}, tmp_path) != examples
+    assert cache.artifact_path("classifier", {"a": 1}, tmp_path) == unrelated, "a model's own key is its own"
+    for kind, models in cache.CODE_DEPENDENCIES.items():
+        assert all(cache.code_version(model) >= 1 for model in models), kind
+
+
 def test_every_kind_the_book_caches_has_a_code_version():
     for kind in ("classifier", "purifier-pairs", "purifier-teacher-nt", "purifier-student-at-nt", "at-dynat_awp",
                  "at-evaluation", "distilled-saad", "distillation-evaluation"):
@@ -130,8 +144,10 @@ def test_no_module_imports_a_private_module_of_another_package():
 
 
 def test_quietly_holds_back_what_was_loaded_but_not_what_was_computed(tmp_path, capsys):
-    first = cache.load_or_compute("test-quiet", {"a": 1}, lambda: {"t": torch.zeros(1)}, root=tmp_path)
-    assert "computing test-quiet" in capsys.readouterr().out
+    # computed without a word (as another process would have), so that only quietly() keeps its load unsaid
+    first = cache.load_or_compute("test-quiet", {"a": 1}, lambda: {"t": torch.zeros(1)}, root=tmp_path,
+                                  verbose=False)
+    assert capsys.readouterr().out == ""
     with cache.quietly():
         again = cache.load_or_compute("test-quiet", {"a": 1}, lambda: {"t": torch.ones(1)}, root=tmp_path)
         cache.load_or_compute("test-quiet", {"a": 2}, lambda: {"t": torch.ones(1)}, root=tmp_path)
@@ -141,3 +157,13 @@ def test_quietly_holds_back_what_was_loaded_but_not_what_was_computed(tmp_path, 
     # what was loaded quietly counts as said: loading it again later stays quiet
     cache.load_or_compute("test-quiet", {"a": 1}, lambda: {"t": torch.ones(1)}, root=tmp_path)
     assert capsys.readouterr().out == ""
+
+
+def test_what_this_process_computed_is_not_announced_again_as_loaded(tmp_path, capsys):
+    cache.load_or_compute("test-said", {"a": 1}, lambda: {"t": torch.zeros(1)}, root=tmp_path)
+    assert "computing test-said" in capsys.readouterr().out
+    cache.load_or_compute("test-said", {"a": 1}, lambda: {"t": torch.ones(1)}, root=tmp_path)
+    assert capsys.readouterr().out == ""
+    cache.load_or_compute("test-said", {"a": 2}, lambda: {"t": torch.zeros(1)}, root=tmp_path, verbose=False)
+    cache.load_or_compute("test-said", {"a": 2}, lambda: {"t": torch.ones(1)}, root=tmp_path)
+    assert "loaded test-said" in capsys.readouterr().out, "computed unsaid: its first load is said"
