@@ -19,6 +19,13 @@ def count_key(column: str) -> str:
     return "aa_images" if column.endswith("(AA images)") else COLUMN_COUNTS.get(column, "images")
 
 
+def fraction_with_interval(outcome: torch.Tensor) -> tuple[float, list[float]]:
+    """The fraction of true entries of a per-image outcome (6 digits; nan on no images) and its 95 %
+    Wilson interval."""
+    n, k = len(outcome), int(outcome.sum())
+    return (round(k / n, 6) if n else float("nan")), [round(bound, 6) for bound in wilson_interval(k, n)]
+
+
 def outcome_row(outcomes: Mapping[str, torch.Tensor], label: str) -> dict[str, Any]:
     """A results row from per-image outcomes (bool tensors, e.g. from
     :func:`~advlib.evaluation.protocols.robustness_outcomes`): ``method`` and ``source`` first, then
@@ -26,10 +33,8 @@ def outcome_row(outcomes: Mapping[str, torch.Tensor], label: str) -> dict[str, A
     and the number of images of each kind (``images``, ``aa_images``, ``transfer_images``)."""
     row: dict[str, Any] = {"method": label, "source": "this run"}
     for column, outcome in outcomes.items():
-        n, k = len(outcome), int(outcome.sum())
-        row[column] = round(k / n, 6) if n else float("nan")
-        row[f"{column}_ci95"] = [round(bound, 6) for bound in wilson_interval(k, n)]
-        row[count_key(column)] = n
+        row[column], row[f"{column}_ci95"] = fraction_with_interval(outcome)
+        row[count_key(column)] = len(outcome)
     return row
 
 

@@ -15,7 +15,8 @@ from .. import attacks, cache, models
 from ..config import Run
 from ..evaluation import Purified, robust_accuracy, sanity
 from ..evaluation.protocols import PURIFIER_THREATS, crafted_on, folded, threat_outcomes
-from ..evaluation.statistics import mcnemar_exact, wilson_interval
+from ..evaluation.reporting import fraction_with_interval
+from ..evaluation.statistics import mcnemar_exact
 from .adversarial_training import AT_METHODS, adversarial_training_config, adversarially_trained
 from .classifier import classifier, classifier_config
 from .common import autoattack_examples, autoattack_key, test_set
@@ -136,11 +137,10 @@ def leaderboard(run: Run) -> list[dict[str, Any]]:
             about = {"parameters": models.count_parameters(entry.load()), **training_cost(entry.history())}
             for threat, outcome in outcomes(run, name, eps).items():
                 clean, robust = outcome["clean"], outcome["robust"]
-                n = len(clean)
-                row = {"defense": name, "chapter": entry.chapter, "threat": threat, "eps": eps,
-                       "clean": clean.float().mean().item(), "clean_ci95": list(wilson_interval(int(clean.sum()), n)),
-                       "autoattack": robust.float().mean().item(),
-                       "autoattack_ci95": list(wilson_interval(int(robust.sum()), n)), "n_autoattack": n, **about}
+                row = {"defense": name, "chapter": entry.chapter, "threat": threat, "eps": eps}
+                row["clean"], row["clean_ci95"] = fraction_with_interval(clean)
+                row["autoattack"], row["autoattack_ci95"] = fraction_with_interval(robust)
+                row.update(n_autoattack=len(robust), **about)
                 measured.append((row, robust))
         # only a defence's white-box row is its robustness; the weaker threat models do not compete
         best_row, best_robust = max((pair for pair in measured if pair[0]["threat"] == "white-box"),
