@@ -98,6 +98,18 @@ def averaging_source(model: nn.Module, averaging: dict[str, Any]) -> nn.Module:
     return getattr(model, averaging["module"]) if averaging.get("module") else model
 
 
+def held_networks(trainer: object) -> dict[str, nn.Module]:
+    """The networks a trainer holds (a teacher, a frozen classifier), by attribute name; those in a
+    dict attribute as ``name[key]`` (the purifier student's ``teachers[at]``)."""
+    found: dict[str, nn.Module] = {}
+    for attribute, value in vars(trainer).items() if hasattr(trainer, "__dict__") else ():
+        if isinstance(value, nn.Module):
+            found[attribute] = value
+        elif isinstance(value, dict):
+            found.update({f"{attribute}[{key}]": net for key, net in value.items() if isinstance(net, nn.Module)})
+    return found
+
+
 class PassCounter:
     """Counts the forward passes of every network a training step runs — the model's and those a
     trainer holds (a teacher, a frozen classifier) — split into passes with gradients (followed by a
@@ -109,21 +121,11 @@ class PassCounter:
         self._handles = []
         seen: set[int] = set()
         for owner in owners:
-            for module in self._modules_of(owner):
+            for module in [owner] if isinstance(owner, nn.Module) else held_networks(owner).values():
                 for name, layer in module.named_modules():
                     if name.rsplit(".", 1)[-1] == "normalize" and id(layer) not in seen:
                         seen.add(id(layer))
                         self._handles.append(layer.register_forward_hook(self._count))
-
-    @staticmethod
-    def _modules_of(owner: object) -> list[nn.Module]:
-        if isinstance(owner, nn.Module):
-            return [owner]
-        found = []
-        for value in vars(owner).values() if hasattr(owner, "__dict__") else ():
-            values = value.values() if isinstance(value, dict) else [value]
-            found += [v for v in values if isinstance(v, nn.Module)]
-        return found
 
     def _count(self, *_: Any) -> None:
         if torch.is_grad_enabled():

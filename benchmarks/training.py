@@ -39,31 +39,30 @@ from advlib.defenses.dynat import GuideAndTarget
 from advlib.recipes import common
 from advlib.recipes.adversarial_training import AT_METHODS, adversarial_training_config
 from advlib.recipes.classifier import classifier_config
-from advlib.recipes.distillation import DISTILLATION_METHODS, distillation_config
-from advlib.training import fit
-
-
-def frozen(run: Run, role: str) -> nn.Module:
-    """A network the trainer only reads (teacher, classifier): random weights cost what trained ones do."""
-    return common.network(run, role).eval().requires_grad_(False)
+from advlib.recipes.distillation import DISTILLATION_METHODS, distillation_config, distillation_trainer
+from advlib.recipes.purification import STUDENT_LOSS_KEYS
+from advlib.training import fit, held_networks
 
 
 def trainers(run: Run) -> dict[str, tuple[Callable[[], nn.Module], Callable[[], Any], dict[str, Any]]]:
-    """name -> (fresh model, fresh trainer, the training config with its batch size and optimiser)."""
+    """name -> (fresh model, fresh trainer, the training config with its batch size and optimiser).
+    The networks a trainer only reads (teacher, classifier) are fresh too: random weights cost what
+    trained ones do, and the trainers freeze them."""
     table: dict[str, tuple[Callable[[], nn.Module], Callable[[], Any], dict[str, Any]]] = {}
-    table["classifier (ch. 1)"] = (lambda: common.network(run, "classifier"),
+    network = lambda role: common.network(run, role)  # noqa: E731
+    table["classifier (ch. 1)"] = (lambda: network("classifier"),
                                    lambda: defenses.build("standard", seed=run.seed), classifier_config(run))
     purification = run.config["purification"]
-    kd = {k: purification[k] for k in ("beta", "gamma", "kd_space", "nt_sees_clean")}
+    kd = {k: purification[k] for k in STUDENT_LOSS_KEYS}
     purifier_trainers = {
         "purifier NT teacher (ch. 4)": lambda: defenses.build("purifier-nt"),
-        "purifier AT teacher (ch. 4)": lambda: defenses.build("purifier-at", classifier=frozen(run, "classifier")),
+        "purifier AT teacher (ch. 4)": lambda: defenses.build("purifier-at", classifier=network("classifier")),
         "purifier student (ch. 5)": lambda: defenses.build(
-            "purifier-kd", teachers={"at": frozen(run, "purifier"), "nt": frozen(run, "purifier")},
-            classifier=frozen(run, "classifier"), **kd),
+            "purifier-kd", teachers={"at": network("purifier"), "nt": network("purifier")},
+            classifier=network("classifier"), **kd),
     }
     for name, make in purifier_trainers.items():
-        table[name] = (lambda: common.network(run, "purifier"), make, purification)
+        table[name] = (lambda: network("purifier"), make, purification)
     for method, recipe in AT_METHODS.items():
         config = adversarial_training_config(run, method)
         options = dict(config.get("trainer_options", {}))
@@ -71,31 +70,21 @@ def trainers(run: Run) -> dict[str, tuple[Callable[[], nn.Module], Callable[[], 
             options["awp_from_epoch"] = 1  # AWP's steady state: its extra passes from the first step
         guided = "guide" in config
         table[f"{recipe.label} (ch. {8 if guided else 6})"] = (
-            (lambda: GuideAndTarget(common.network(run, "guide"), common.network(run, "target"))) if guided
-            else (lambda: common.network(run, "target")),
+            (lambda: GuideAndTarget(network("guide"), network("target"))) if guided
+            else (lambda: network("target")),
             lambda trainer=config["trainer"], options=options: defenses.build(trainer, **options, seed=run.seed),
             config)
     for method, recipe in DISTILLATION_METHODS.items():
-        config = distillation_config(run, method)
-        options = config.get("trainer_options")
-        table[f"{recipe.label} (ch. 7)"] = (
-            lambda: common.network(run, "student"),
-            (lambda trainer=recipe.trainer, options=options: defenses.build(
-                trainer, teacher=frozen(run, "target"), **options, seed=run.seed)) if options
-            else (lambda: defenses.build("standard", seed=run.seed)),
-            config)
+        table[f"{recipe.label} (ch. 7)"] = (lambda: network("student"),
+                                            lambda method=method: distillation_trainer(run, method, network("target")),
+                                            distillation_config(run, method))
     return table
 
 
 def networks_of(model: nn.Module, trainer: Any) -> dict[str, nn.Module]:
     """Every network a step runs, by name: the trained one(s) and those the trainer holds."""
     found = {"guide": model.guide, "target": model.target} if isinstance(model, GuideAndTarget) else {"model": model}
-    for attribute, value in vars(trainer).items():
-        if isinstance(value, nn.Module):
-            found[attribute] = value
-        elif isinstance(value, dict):
-            found.update({f"{attribute}[{key}]": net for key, net in value.items() if isinstance(net, nn.Module)})
-    return found
+    return {**found, **held_networks(trainer)}
 
 
 KINDS = ("to input", "to weights", "no grad")

@@ -102,10 +102,10 @@ def purifier_student_loss(run: Run, teachers: tuple[str, ...] = ("at", "nt")) ->
     spec = run.config["purification"]
     teacher_models = {kind: purifier_teacher(run, kind)[0] for kind in sorted(teachers)}
     return defenses.build("purifier-kd", teachers=teacher_models, classifier=classifier(run)[0],
-                          **{k: spec[k] for k in _STUDENT_LOSS_KEYS})
+                          **{k: spec[k] for k in STUDENT_LOSS_KEYS})
 
 
-_STUDENT_LOSS_KEYS = ("beta", "gamma", "kd_space", "nt_sees_clean")
+STUDENT_LOSS_KEYS = ("beta", "gamma", "kd_space", "nt_sees_clean")
 
 
 def purifier_student(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -118,7 +118,7 @@ def purifier_student(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> tupl
 
 def _student_extra(run: Run, teachers: tuple[str, ...]) -> dict[str, Any]:
     spec = run.config["purification"]
-    return {"teachers": sorted(teachers), **{k: spec[k] for k in _STUDENT_LOSS_KEYS},
+    return {"teachers": sorted(teachers), **{k: spec[k] for k in STUDENT_LOSS_KEYS},
             "teacher_epochs": spec["teacher_epochs"]}
 
 
