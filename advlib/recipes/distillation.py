@@ -116,9 +116,8 @@ def distilled_student(run: Run, method: str, seed: int | None = None) -> tuple[n
     config = distillation_config(run, method, seed)
     spec = run.config["distillation"]
     student_seed = config.get("student_seed", run.seed)
-    with torch.random.fork_rng(devices=[]):
-        if "student_seed" in config:
-            torch.manual_seed(student_seed)
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed, not on what ran before
+        torch.manual_seed(student_seed)
         model = network(run, "student")
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
