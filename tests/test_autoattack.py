@@ -185,6 +185,94 @@ def test_fab_projection_matches_reference():
         assert inside
 
 
+@pytest.mark.parametrize("settings", [{}, {"alpha_max": 0.5, "eta": 1.2, "beta": 0.85}])
+def test_fab_t_trajectory_matches_reference(robust_mlp, robust_batch, monkeypatch, settings):
+    """From x itself (no random start), every FAB-T iterate — the point each step is taken from —
+    equals the reference's, as do the hyperplanes they project onto. The ε is far below any
+    adversarial example's distance, so no example leaves the batch and both runs keep every row
+    for every iteration; the trajectory includes the backward steps (β) of the rows that turn
+    adversarial. A wrong η, β, target class or projection changes the second iterate; α_max binds
+    only on some iterates, which the second setting reaches."""
+    import pyautoattack.fab_base as reference_fab
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    import advlib.attacks.fab as fab
+
+    x, y = robust_batch
+    with torch.no_grad():
+        correct = robust_mlp(x).argmax(1) == y
+    x, y = x[correct][:32], y[correct][:32]
+    n, n_iter = len(x), 12
+
+    def recording(projection, calls):
+        def record(points, w, c):
+            calls.append((points[:n].clone(), w[:n].clone()))
+            return projection(points, w, c)
+        return record
+
+    ours, theirs = [], []
+    monkeypatch.setattr(fab, "linf_projection_onto_hyperplane", recording(fab.linf_projection_onto_hyperplane, ours))
+    monkeypatch.setattr(reference_fab, "projection_linf", recording(reference_fab.projection_linf, theirs))
+    x_ours = attacks.build("fab-t", eps=1e-4, n_iter=n_iter, n_target_classes=1, **settings)(robust_mlp, x, y)
+    reference = FABAttack_PT(robust_mlp, norm="Linf", n_restarts=1, n_iter=n_iter, eps=1e-4, targeted=True,
+                             **settings)
+    reference.target_class = 2  # the most likely wrong class, AutoAttack's first target
+    reference.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
+
+    assert torch.equal(x_ours, x)  # nothing within this ε
+    assert len(ours) == len(theirs) == n_iter
+    for k, ((point, w), (point_ref, w_ref)) in enumerate(zip(ours, theirs)):
+        assert torch.allclose(point, point_ref.view_as(point), atol=1e-5), f"iterate {k} differs"
+        assert torch.allclose(w, w_ref, atol=1e-5), f"gradient {k} differs"
+    # rows turned adversarial on the way, so the backward steps are part of what was compared
+    assert any(bool((robust_mlp(point.view_as(x)).argmax(1) != y).any()) for point, _ in ours)
+
+
+def test_square_trajectory_matches_reference(robust_mlp, robust_batch):
+    """Given the reference's random draws (the stripes, each square's corner and signs), Square
+    makes the reference's choices: after 1, 2, 5, 11, 12, 51 and 150 iterations (either side of
+    the first halvings of p) its point is the reference's, the fooled images' included. One image
+    per run, since the reference draws one square for a whole batch and we one per image; our
+    ``n_queries`` counts the start, the reference's counts only the iterations after it. A wrong
+    schedule of p, sign, projection onto the ball or acceptance rule changes the point."""
+    from pyautoattack.square import SquareAttack
+
+    x, y = robust_batch
+    with torch.no_grad():
+        correct = robust_mlp(x).argmax(1) == y
+    x, y = x[correct][:6], y[correct][:6]
+    eps, fooled = 0.1, 0
+    for image, label in zip(x.split(1), y.split(1)):
+        for iterations in (1, 2, 5, 11, 12, 51, 150):
+            reference = SquareAttack(robust_mlp, p_init=0.8, n_queries=iterations, eps=eps, norm="Linf",
+                                     loss="margin", resc_schedule=False)
+            reference.init_hyperparam(image)
+            signs, corners = [], []
+
+            def recorded(draw, into):
+                def record(*args, **kwargs):
+                    into.append(draw(*args, **kwargs))
+                    return into[-1]
+                return record
+
+            reference.random_choice = recorded(reference.random_choice, signs)
+            reference.random_int = recorded(reference.random_int, corners)
+            with torch.random.fork_rng():
+                torch.manual_seed(iterations)
+                _, x_reference = reference.attack_single_run(image, label)
+
+            ours = attacks.build("square", eps=eps, n_queries=iterations + 1)
+            replayed_signs, replayed_corners = iter(signs), iter(corners)
+            ours._random_signs = lambda shape, generator, like: next(replayed_signs).view(shape)
+            ours._square_corners = lambda m, side, size, generator, device: (
+                next(replayed_corners).view(1, 1), next(replayed_corners).view(1, 1))
+            x_ours = ours(robust_mlp, image, label)
+            assert torch.allclose(x_ours, x_reference, atol=1e-6), f"after {iterations} iterations"
+            assert next(replayed_signs, None) is None  # every draw of the reference was used
+        fooled += int(robust_mlp(x_ours).argmax(1) != label)
+    assert 0 < fooled < len(x)  # both outcomes were compared
+
+
 def test_schedules_follow_the_papers():
     # p_1 = 0.22, then intervals shrink by 0.03 down to 0.06 (APGD, Sec. 3.2)
     assert checkpoints(100) == [0, 22, 41, 57, 70, 80, 87, 93, 99]

@@ -35,7 +35,8 @@ class Square(Attack):
       (Alg. 2: δ_new = x̂ - x + 2ε·sign on the window, projected back on the ball) and keeps the
       new point if the margin loss drops, or if it misclassifies. p follows
       :func:`square_fraction`.
-    * ``n_queries`` bounds the iterations per example, the start included; an example stops at
+    * ``n_queries`` bounds the queries per example, the start included (the reference code's
+      loop makes ``n_queries`` iterations after the start: one query more); an example stops at
       its first misclassified point. Only correctly classified examples are attacked.
     * A square that would change no pixel is not sent to the model: the reference code queries it
       and rejects it (its loss is the current one), so results are the same for a deterministic
@@ -66,6 +67,16 @@ class Square(Attack):
         bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
         return (bits * 2 - 1).to(like.dtype)
 
+    def _square_corners(self, m: int, side: int, size: tuple[int, int], generator: torch.Generator,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top and left edge of each example's new square, uniform over the h - side + 1 rows and
+        w - side + 1 columns where it fits (Alg. 2). The reference code never draws the last of
+        them: its ``random_int`` truncates a uniform number from [0, h - side)."""
+        h, w = size
+        top = torch.randint(0, h - side + 1, (m, 1), generator=generator, device=device)
+        left = torch.randint(0, w - side + 1, (m, 1), generator=generator, device=device)
+        return top, left
+
     @torch.no_grad()
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator) -> torch.Tensor:
@@ -93,8 +104,7 @@ class Square(Attack):
                 break
             side = min(max(round(math.sqrt(square_fraction(iteration, self.p_init) * h * w)), 1), h, w)
             m = len(index)
-            top = torch.randint(0, h - side + 1, (m, 1), generator=generator, device=x.device)
-            left_edge = torch.randint(0, w - side + 1, (m, 1), generator=generator, device=x.device)
+            top, left_edge = self._square_corners(m, side, (h, w), generator, x.device)
             inside = (((rows >= top) & (rows < top + side))[:, None, :, None]
                       & ((cols >= left_edge) & (cols < left_edge + side))[:, None, None, :])
             signs = self._random_signs((m, c, 1, 1), generator, x)
@@ -106,7 +116,9 @@ class Square(Attack):
             asked = changed.nonzero().flatten()
             loss = best_loss.index_put((asked,), margin(model(candidate[asked]).float(), y_left[asked]))
             queries += changed
-            accept = changed & ((loss < best_loss) | (loss <= 0))
+            # Alg. 1 also keeps a misclassified point; with the margin loss it is already lower,
+            # since the current loss is positive while the image is attacked
+            accept = changed & (loss < best_loss)
             x_best = torch.where(accept.view(-1, 1, 1, 1), candidate, x_best)
             best_loss = torch.where(accept, loss, best_loss)
         return x_adv
