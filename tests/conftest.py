@@ -5,6 +5,7 @@ The tests keep their artifacts in a home of their own (``_build/test-home``), so
 into the book's cache; they read the datasets the book downloaded."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -55,3 +56,24 @@ def test_batch(fashion_test) -> tuple[torch.Tensor, torch.Tensor]:
     """256 fixed test images (floats in [0, 1]) and labels."""
     return fashion_test.subset(256, seed=1).tensors()
 
+
+
+def under_mutation() -> bool:
+    """True in a test run of one mutant of `make mutation` (mutmut names it in the environment)."""
+    return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if under_mutation():
+        # mutmut runs one mutant per core: more threads per run only contend for the same cores
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A mutant's run stops at its first failing test (``-x``), and mutmut hands over the tests
+    that reach the mutant in no particular order: run the fastest first (durations from mutmut's
+    own measurement), so that a caught mutant costs the cheapest test that catches it."""
+    stats = Path("mutmut-stats.json")  # mutmut runs the tests from its mutants/ directory
+    if under_mutation() and stats.exists():
+        duration = json.loads(stats.read_text())["duration_by_test"]
+        items.sort(key=lambda item: duration.get(item.nodeid, float("inf")))
