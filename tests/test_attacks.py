@@ -310,3 +310,29 @@ def test_kept_adversarial_examples_are_the_attacks_output(small_model, test_batc
     assert report.per_attack["fgsm"].tolist() == (predict(small_model, kept).argmax(1) == y).tolist()
     with pytest.raises(ValueError, match="keep_adversarial"):
         robust_accuracy(small_model, x, y, {"fgsm": fgsm}, keep_adversarial=("pgd",))
+
+
+def test_report_table_and_printout_by_hand():
+    """Four images: three correct clean, two of them survive FGSM, one also PGD (in cascade)."""
+    from advlib.evaluation.robustness import RobustnessReport
+
+    mask = lambda *bits: torch.tensor(bits, dtype=torch.bool)  # noqa: E731
+    report = RobustnessReport(clean=mask(1, 1, 1, 0), per_attack={"fgsm": mask(1, 1, 0, 0), "pgd": mask(1, 0, 0, 0)},
+                              worst_case=mask(1, 0, 0, 0), attacked={"fgsm": 3, "pgd": 2},
+                              seconds={"fgsm": 1.23456, "pgd": 2.5})
+    assert report.accuracies == {"clean": 0.75, "fgsm": 0.5, "pgd": 0.25, "worst case": 0.25}
+    assert report.as_table() == [
+        {"attack": "clean", "robust": 3, "n": 4, "accuracy": 0.75, "attacked": 0, "seconds": 0.0},
+        {"attack": "fgsm", "robust": 2, "n": 4, "accuracy": 0.5, "attacked": 3, "seconds": 1.235},
+        {"attack": "pgd", "robust": 1, "n": 4, "accuracy": 0.25, "attacked": 2, "seconds": 2.5},
+        {"attack": "worst case", "robust": 1, "n": 4, "accuracy": 0.25, "attacked": 5, "seconds": 3.735}]
+    assert str(report).splitlines() == [
+        "               accuracy  attacked  seconds",
+        "clean            75.00%         0      0.0",
+        "after fgsm       50.00%         3      1.2",
+        "after pgd        25.00%         2      2.5",
+        "worst case       25.00%         5      3.7"]
+    report.cascade = False  # each attack on its own: "under", not "after" the earlier ones
+    assert str(report).splitlines()[2].startswith("under fgsm    ")
+    empty = RobustnessReport(clean=mask(), per_attack={}, worst_case=mask())
+    assert all(value != value for value in empty.accuracies.values())  # nan: nothing was measured

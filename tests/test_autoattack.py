@@ -3,6 +3,8 @@
 clear errors."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,45 @@ def test_autoattack_standard_matches_reference(robust_mlp, robust_batch):
     assert (ours.x_adv - x).abs().max() <= eps + 1e-6
 
 
+def test_autoattack_result_agrees_with_its_images(robust_mlp, robust_batch, monkeypatch):
+    """With cut budgets and several batches: the reported accuracies are those of the returned
+    images, an image is replaced only by an adversarial example within ε, the breakdown is the
+    running robust accuracy after each attack in the standard order, each attack sees each image
+    still robust once (in batches of at most ``batch_size``), and no image means nothing measured
+    (nan)."""
+    from advlib.attacks.square import Square
+
+    x, y = robust_batch
+    x, y = x[:64], y[:64]
+    eps = 8 / 255
+    square_batches, square_perturb = [], Square.perturb
+
+    def recorded_perturb(self, model, images, labels, generator):
+        square_batches.append(len(images))
+        return square_perturb(self, model, images, labels, generator)
+
+    monkeypatch.setattr(Square, "perturb", recorded_perturb)
+    autoattack = attacks.build("autoattack", eps=eps, iterations=5, square_queries=20, n_target_classes=3)
+    result = autoattack.run(robust_mlp, x, y, batch_size=16)
+    with torch.no_grad():
+        clean, robust = (robust_mlp(v).argmax(1) == y for v in (x, result.x_adv))
+    assert result.clean_accuracy == pytest.approx(clean.float().mean().item())
+    assert result.robust_accuracy == pytest.approx(robust.float().mean().item())
+    assert 0 < result.robust_accuracy < result.clean_accuracy  # both kinds of image are checked below
+    assert torch.equal(result.x_adv[robust], x[robust])  # a robust image is returned unchanged
+    assert (result.x_adv - x).abs().max() <= eps + 1e-6 and not (robust & ~clean).any()
+    names, accuracies = zip(*result.breakdown)
+    assert names == ("apgd-ce", "apgd-t", "fab-t", "square")
+    assert list(accuracies) == sorted(accuracies, reverse=True) and accuracies[0] <= result.clean_accuracy
+    assert accuracies[-1] == result.robust_accuracy and 0 <= result.seconds < 600
+    assert max(square_batches) <= 16 and sum(square_batches) == round(accuracies[2] * len(x))
+
+    empty = autoattack.run(robust_mlp, x[:0], y[:0])
+    assert empty.x_adv.shape == (0, *x.shape[1:]) and empty.flags == []
+    assert all(math.isnan(value) for value in (empty.clean_accuracy, empty.robust_accuracy,
+                                                *(accuracy for _, accuracy in empty.breakdown)))
+
+
 @pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
 def test_apgd_matches_reference(robust_mlp, robust_batch, name):
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
@@ -136,12 +177,14 @@ class InputRecorder(nn.Module):
         return self.model(x)
 
 
-@pytest.mark.parametrize("name", ["apgd-ce", "apgd-t"])
-def test_apgd_trajectory_matches_reference(robust_mlp, robust_batch, name):
+@pytest.mark.parametrize(("name", "norm"), [("apgd-ce", "Linf"), ("apgd-t", "Linf"), ("apgd-dlr", "Linf"),
+                                            ("apgd-ce", "L2")])
+def test_apgd_trajectory_matches_reference(robust_mlp, robust_batch, name, norm):
     """From the same start point, every iterate up to the first step-size checkpoint (iteration 22
     of 100; from there the paper's Condition 1, which this follows, and the reference's code differ:
-    see APGD's docstring) equals the reference's. A wrong momentum (α = 0.75), first step size
-    (2ε), projection or target class changes the second iterate already."""
+    see APGD's docstring) equals the reference's, for each loss and for the L2 ball too. A wrong
+    momentum (α = 0.75), first step size (2ε), loss, projection or target class changes the second
+    iterate already."""
     from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
     x, y = robust_batch
@@ -149,17 +192,19 @@ def test_apgd_trajectory_matches_reference(robust_mlp, robust_batch, name):
         logits = robust_mlp(x)
     correct = logits.argmax(1) == y
     x, y, logits = x[correct][:32], y[correct][:32], logits[correct][:32]
-    eps, n_iter, compared = 2 / 255, 100, 22
+    eps = 2 / 255 if norm == "Linf" else 0.1  # about as large a ball for these 32×32 images
+    n_iter, compared = 100, 22
     ours = InputRecorder(robust_mlp)
-    options = {"n_target_classes": 1} if name == "apgd-t" else {}
+    options = {"n_target_classes": 1} if name == "apgd-t" else {"norm": norm}
     attacks.build(name, eps=eps, n_iter=n_iter, seed=0, **options)(ours, x, y)
     start = ours.iterates[0]
     # no example is fooled this early at this ε, so the batch keeps every row and stays aligned
     assert len(ours.iterates) > compared and all(len(z) == len(x) for z in ours.iterates[:compared])
 
     theirs = InputRecorder(robust_mlp)
-    if name == "apgd-ce":
-        reference = APGDAttack(theirs, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=0, loss="ce")
+    if name != "apgd-t":
+        reference = APGDAttack(theirs, n_iter=n_iter, norm=norm, n_restarts=1, eps=eps, seed=0,
+                               loss=name.removeprefix("apgd-"))
     else:
         reference = APGDAttack_targeted(theirs, n_iter=n_iter, norm="Linf", n_restarts=1, eps=eps, seed=0)
         reference.y_target = logits.sort(dim=1)[1][:, -2]  # the most likely wrong class
@@ -454,6 +499,71 @@ def test_zero_gradients_and_square_beating_white_box_are_flagged():
         result = attacks.build("autoattack", eps=0.2).run(Quantised(), x, y)
     assert any(flag.startswith("zero gradients") for flag in result.flags)
     assert any(flag.startswith("Square beats the white-box attacks") for flag in result.flags)
+
+
+def reference_warns(check, *args, **kwargs) -> bool:
+    """Whether one of the reference's checks (``pyautoattack.checks``) warns."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check(*args, **kwargs)
+    return bool(caught)
+
+
+class ScaledAfter(nn.Module):
+    """``model``, its logits multiplied by a per-example factor that changes on every call after
+    the first ``calls``: same directions (same predictions), different lengths."""
+
+    def __init__(self, model: nn.Module, calls: int = 0, noise: float = 0.0) -> None:
+        super().__init__()
+        self.model, self.calls, self.noise, self.seen = model, calls, noise, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += 1
+        logits = self.model(x)
+        if self.seen <= self.calls:
+            return logits
+        generator = torch.Generator().manual_seed(self.seen)
+        scale = 1 + torch.rand(len(x), 1, generator=generator) * 3
+        jitter = self.noise * torch.randn(logits.shape, generator=generator) * logits.norm(dim=1, keepdim=True)
+        return scale * logits + jitter
+
+
+def test_model_checks_agree_with_the_references_checks(tiny_model):
+    """Each warning of AutoAttack's checks is raised exactly where the reference's own check
+    warns: randomised passes (a rescaled output is not randomised; a relative change above 1e-4 is;
+    five passes are compared), probabilities instead of logits, Square beating the white-box
+    attacks (by more than 0.2 points, once at least one other attack ran), and too few classes
+    (with one exception, below)."""
+    from pyautoattack import checks
+
+    x, y = random_batch(16, seed=4)
+    for model in (tiny_model, ScaledAfter(tiny_model), ScaledAfter(tiny_model, noise=1e-3),
+                  ScaledAfter(tiny_model, noise=1e-6), ScaledAfter(tiny_model, calls=5, noise=1e-2)):
+        ours = _checks.flag_randomized(model, x, y) is not None
+        model.seen = 0 if isinstance(model, ScaledAfter) else None
+        assert ours == reference_warns(checks.check_randomized, model, x, y), model
+    probabilities = torch.tensor([[0.25, 0.75], [1.0, 0.0]])
+    for logits in (probabilities, probabilities * 0.9, torch.tensor([[1.5, -0.5]]), tiny_model(x).detach(),
+                   probabilities + 2e-5 * torch.tensor([[1.0, -1.0], [0.0, 0.0]])):
+        ours = _checks.flag_softmax(logits) is not None
+        assert ours == reference_warns(checks.check_range_output, lambda _: logits, x), logits
+    for breakdown in ([("apgd-ce", 0.5), ("square", 0.497)], [("apgd-ce", 0.5), ("square", 0.499)],
+                      [("apgd-ce", 0.5), ("apgd-t", 0.4), ("square", 0.39)], [("square", 0.1)],
+                      [("apgd-ce", 0.5), ("apgd-t", 0.45)]):
+        ours = _checks.flag_square_beats_white_box(breakdown) is not None
+        assert ours == reference_warns(checks.check_square_sr, {"clean": 0.9, **dict(breakdown)}), breakdown
+    for n_classes in (2, 3, 4, 10):
+        for names in (["apgd-ce", "apgd-t", "fab-t", "square"], ["apgd-ce", "apgd-dlr"], ["apgd-ce", "fab-t"]):
+            ours = _checks.flag_targets(n_classes, names, 3, 3) is not None
+            theirs = reference_warns(checks.check_n_classes, n_classes, names, 3, 3)
+            if n_classes == 3 and names == ["apgd-ce", "apgd-dlr"]:
+                # the reference warns that the *targeted* DLR loss needs 4 classes even when only
+                # the untargeted one runs, whose z_π1 - z_π3 exists with 3 classes
+                assert theirs and not ours
+            else:
+                assert ours == theirs, (n_classes, names)
 
 
 def test_dynamic_defence_is_flagged(tiny_model):

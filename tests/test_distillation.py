@@ -164,6 +164,33 @@ def test_ard_loss_without_temperature_by_hand():
     assert ard_loss(HALF, QUARTER).item() == pytest.approx(KL_QUARTER_HALF, abs=1e-6)
 
 
+
+def test_ard_trainer_feeds_its_loss_the_right_tensors(pair, batch):
+    """The trainer of ARD with the original ARD's temperature and CE term: x' comes from PGD on the
+    student (with the trainer's ε, step, steps and BatchNorm mode, and the epoch's generator), and
+    the loss is :func:`ard_loss` of S(x'), T(x), S(x) and y."""
+    teacher, student = pair
+    x, y = batch
+    trainer = _trainer("ard", teacher, temperature=2.0, ce_weight=0.25, bn_mode="train")
+    pgd = trainer.attack
+    assert type(pgd).__name__ == "PGD" and (pgd.eps, pgd.alpha, pgd.steps, pgd.bn_mode) == (0.1, 0.04, 2, "train")
+    x_adv, calls = (x + 0.05).clamp(0, 1), []
+
+    def attack(model, inputs, labels, generator):
+        calls.append((model, inputs, labels, generator))
+        return x_adv
+
+    trainer.attack = attack
+    student.eval()  # BatchNorm fixed, so that the expected outputs are the same
+    loss, logits = trainer(student, x, y, epoch=3)
+    [(model, inputs, labels, generator)] = calls
+    assert model is student and torch.equal(inputs, x) and torch.equal(labels, y)
+    assert generator is trainer.generator(x.device, 3)
+    with torch.no_grad():
+        expected = ard_loss(student(x_adv), teacher(x), 2.0, 0.25, student(x), y)
+        assert torch.allclose(logits, student(x_adv))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
 def test_rslad_loss_by_hand():
     # the student is exact on the clean image, off on x'
     assert rslad_loss(HALF, QUARTER, QUARTER).item() == pytest.approx(5 / 6 * KL_QUARTER_HALF, abs=1e-6)
@@ -348,6 +375,18 @@ def test_paper_profile_has_the_seeds_hyperparameters():
     teacher = config.PROFILES["paper"]["adversarial_training"]["target"]["arch"]
     assert teacher == "wrn34_10" and spec["teacher"] == "trades"
 
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_defaults_are_the_paper_profiles_settings(name):
+    """Built from a teacher alone (and the epochs, for the ramps of IGDM and SAAD), each trainer
+    runs the seed's setting: the paper profile's training attack, the method's own section, and
+    the student in eval mode while x' is crafted (as every reference code does)."""
+    spec = config.PROFILES["paper"]["distillation"]
+    trainer = defenses.build(name, teacher=models.build("small_cnn", 10, 1, width=2),
+                             **({"epochs": 200} if name in ("igdm", "saad") else {}))
+    expected = {**spec["train_attack"], **spec[name], "bn_mode": "eval"}
+    assert {key: getattr(trainer, key) for key in expected} == expected
 
 def test_a_few_saad_steps_at_paper_size():
     """ResNet-18 student, WRN-34-10 teacher, a CIFAR-shaped batch of 2 and the paper's 10 inner

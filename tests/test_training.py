@@ -164,3 +164,15 @@ def test_the_loop_counts_every_networks_forward_passes():
     # per step: 3 inner steps × (student + teacher) with gradients, then the student's loss pass
     assert history[0]["passes_with_grad"] == 2 * (3 * 2 + 1)
     assert history[0]["passes_without_grad"] >= 2, "the teacher at x' without gradients"
+
+
+def test_training_summary_by_hand():
+    """The one line a finished training prints: the bookkeeping columns (epoch, lr, seconds,
+    passes) are left out, the last epoch's numbers are shown to 3 significant digits."""
+    from advlib.training import training_summary
+
+    history = [{"epoch": 1, "lr": 0.1, "seconds": 1.25, "loss": 0.9, "passes_with_grad": 4, "passes_without_grad": 1},
+               {"epoch": 2, "lr": 0.01, "seconds": 2.0, "loss": 0.25, "train_acc": 0.91234, "note": "text",
+                "passes_with_grad": 4, "passes_without_grad": 1}]
+    assert training_summary("the model", history) == (
+        "trained the model: 2 epochs in 3 s; last epoch: loss 0.25, train_acc 0.912")

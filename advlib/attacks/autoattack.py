@@ -119,7 +119,7 @@ class AutoAttack(Attack):
         flags = self._model_flags(model, x[:batch_size], y[:batch_size], logits[:batch_size]) if n else []
         robust = logits.argmax(1) == y if n else torch.zeros(0, dtype=torch.bool, device=x.device)
         x_adv = x.clone()
-        clean_accuracy = robust.float().mean().item() if n else 0.0
+        clean_accuracy = robust.float().mean().item()  # nan for no images: nothing was measured
         self._say(f"AutoAttack ({self.version}, {self.norm}, eps={self.eps:.5g}) on {n} examples: "
                   f"clean accuracy {clean_accuracy:.2%}")
         breakdown: list[tuple[str, float]] = []
@@ -139,7 +139,7 @@ class AutoAttack(Attack):
                     fooled = model(candidate).argmax(1) != y[index]
                 x_adv[index[fooled]] = candidate[fooled]
                 robust[index[fooled]] = False
-            accuracy = robust.float().mean().item() if n else 0.0
+            accuracy = robust.float().mean().item()
             breakdown.append((name, accuracy))
             self._say(f"  robust accuracy after {name}: {accuracy:.2%} ({time.time() - started:.1f} s)")
         flags.append(flag_zero_gradients(zero_gradient, "the DLR-loss attacks"))
@@ -148,6 +148,6 @@ class AutoAttack(Attack):
         for flag in flags:
             warnings.warn(f"AutoAttack: {flag}", stacklevel=3)
             self._say(f"  WARNING: {flag}")
-        robust_accuracy = robust.float().mean().item() if n else 0.0
+        robust_accuracy = robust.float().mean().item()
         self._say(f"AutoAttack robust accuracy: {robust_accuracy:.2%}")
         return AutoAttackResult(x_adv, clean_accuracy, robust_accuracy, breakdown, flags, time.time() - started)
