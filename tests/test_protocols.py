@@ -77,6 +77,18 @@ def test_noisy_purifier_draws_new_noise_on_every_call_and_stays_an_image():
     assert torch.allclose(NoisyPurifier(Squash(), sigma=0.0)(x), Squash()(x))
 
 
+def test_noisy_purifier_by_hand():
+    """P(clip(x + σ·n)) with P the identity: the noise drawn from the global generator, added (not
+    subtracted or divided), scaled by σ and clipped to [0, 1] on both sides."""
+    x = torch.tensor([[[[0.0, 0.5, 1.0, 0.98]]]])
+    torch.manual_seed(5)
+    noise = torch.randn_like(x)
+    torch.manual_seed(5)
+    purified = NoisyPurifier(nn.Identity(), sigma=0.5)(x)
+    assert torch.allclose(purified, (x + 0.5 * noise).clamp(0, 1))
+    assert purified.min() >= 0 and purified.max() <= 1 and 0 < purified[0, 0, 0, 1] < 1
+
+
 def _with_batchnorm_statistics(model: nn.Module) -> nn.Module:
     """``model`` with non-trivial BatchNorm statistics and affine parameters, in eval mode."""
     generator = torch.Generator().manual_seed(3)
