@@ -215,6 +215,58 @@ def test_apgd_trajectory_matches_reference(robust_mlp, robust_batch, name, norm)
         assert torch.allclose(ours.iterates[k], theirs.iterates[k], atol=1e-6), f"iterate {k} differs"
 
 
+def test_fab_t_finds_what_the_reference_finds(small_model, test_batch):
+    """Per image, FAB-T (3 targets, 20 iterations) finds a misclassified point within ε exactly
+    where the reference's FAB-T does: without a random start every (image, target) trajectory is
+    the reference's, and an image is fooled if one of its iterates is misclassified within ε. On
+    this CNN at 4/255 a quarter of the successes come after the first iterations."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    x, y = test_batch
+    x, y = x[:96], y[:96]
+    eps, settings = 4 / 255, {"n_iter": 20, "n_target_classes": 3}
+    ours = attacks.build("fab-t", eps=eps, **settings)(small_model, x, y)
+    reference = FABAttack_PT(small_model, norm="Linf", n_restarts=1, eps=eps, targeted=True, **settings)
+    theirs = reference.perturb(x, y)
+
+    def fooled(x_adv):
+        with torch.no_grad():
+            wrong = small_model(x_adv).argmax(1) != y
+        return wrong & ((x_adv - x).flatten(1).abs().amax(1) <= eps + 1e-6)
+
+    clean = accuracy(small_model, x, y)
+    assert torch.equal(fooled(ours), fooled(theirs))
+    assert 0 < fooled(ours).sum() < clean * len(x)  # both verdicts occur
+    unchanged = ~fooled(ours)
+    assert torch.equal(ours[unchanged], x[unchanged])
+
+
+def test_fab_t_attacks_a_lone_image_and_caps_its_targets_at_the_wrong_classes(robust_batch, monkeypatch):
+    """One image is attacked too; with 4 classes and 9 targets asked, the targets are the 3 wrong
+    classes, most likely first."""
+    import advlib.attacks.fab as fab
+
+    model = mlp(32 * 32, 16, 4, seed=5)
+    x, _ = robust_batch
+    x = x[:1]
+    with torch.no_grad():
+        ranked = model(x).argsort(dim=1, descending=True)[0]
+    y = ranked[:1]
+    runs = []
+    original = fab.FABTargeted._run
+
+    def recorded(self, model, x, y, owner, target, x_adv, done):
+        runs.append(target.tolist())
+        return original(self, model, x, y, owner, target, x_adv, done)
+
+    monkeypatch.setattr(fab.FABTargeted, "_run", recorded)
+    attacks.build("fab-t", eps=1e-4, n_iter=2)(model, x, y)
+    assert runs == [ranked[1:].tolist()]
+    x_adv = attacks.build("fab-t", eps=1.0, n_iter=10, n_target_classes=1)(model, x, y)
+    with torch.no_grad():
+        assert model(x_adv).argmax(1) != y  # a single (image, target) row: with ε = 1 it is fooled
+
+
 def test_fab_projection_matches_reference():
     from pyautoattack.fab_projections import projection_linf
 
@@ -230,8 +282,11 @@ def test_fab_projection_matches_reference():
         assert inside
 
 
-@pytest.mark.parametrize("settings", [{}, {"alpha_max": 0.5, "eta": 1.2, "beta": 0.85}])
-def test_fab_t_trajectory_matches_reference(robust_mlp, robust_batch, monkeypatch, settings):
+@pytest.mark.parametrize(("model_name", "settings", "rows"), [
+    ("robust_mlp", {}, 32), ("robust_mlp", {"alpha_max": 0.5, "eta": 1.2, "beta": 0.85}, 32),
+    # on this CNN most steps fall short of the boundary: no row is misclassified after them
+    ("small_model", {}, 4)])
+def test_fab_t_trajectory_matches_reference(request, robust_batch, monkeypatch, model_name, settings, rows):
     """From x itself (no random start), every FAB-T iterate — the point each step is taken from —
     equals the reference's, as do the hyperplanes they project onto. The ε is far below any
     adversarial example's distance, so no example leaves the batch and both runs keep every row
@@ -243,10 +298,11 @@ def test_fab_t_trajectory_matches_reference(robust_mlp, robust_batch, monkeypatc
 
     import advlib.attacks.fab as fab
 
+    model = request.getfixturevalue(model_name)
     x, y = robust_batch
     with torch.no_grad():
-        correct = robust_mlp(x).argmax(1) == y
-    x, y = x[correct][:32], y[correct][:32]
+        correct = model(x).argmax(1) == y
+    x, y = x[correct][:rows], y[correct][:rows]
     n, n_iter = len(x), 12
 
     def recording(projection, calls):
@@ -258,8 +314,8 @@ def test_fab_t_trajectory_matches_reference(robust_mlp, robust_batch, monkeypatc
     ours, theirs = [], []
     monkeypatch.setattr(fab, "linf_projection_onto_hyperplane", recording(fab.linf_projection_onto_hyperplane, ours))
     monkeypatch.setattr(reference_fab, "projection_linf", recording(reference_fab.projection_linf, theirs))
-    x_ours = attacks.build("fab-t", eps=1e-4, n_iter=n_iter, n_target_classes=1, **settings)(robust_mlp, x, y)
-    reference = FABAttack_PT(robust_mlp, norm="Linf", n_restarts=1, n_iter=n_iter, eps=1e-4, targeted=True,
+    x_ours = attacks.build("fab-t", eps=1e-4, n_iter=n_iter, n_target_classes=1, **settings)(model, x, y)
+    reference = FABAttack_PT(model, norm="Linf", n_restarts=1, n_iter=n_iter, eps=1e-4, targeted=True,
                              **settings)
     reference.target_class = 2  # the most likely wrong class, AutoAttack's first target
     reference.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
@@ -270,7 +326,7 @@ def test_fab_t_trajectory_matches_reference(robust_mlp, robust_batch, monkeypatc
         assert torch.allclose(point, point_ref.view_as(point), atol=1e-5), f"iterate {k} differs"
         assert torch.allclose(w, w_ref, atol=1e-5), f"gradient {k} differs"
     # rows turned adversarial on the way, so the backward steps are part of what was compared
-    assert any(bool((robust_mlp(point.view_as(x)).argmax(1) != y).any()) for point, _ in ours)
+    assert any(bool((model(point.view_as(x)).argmax(1) != y).any()) for point, _ in ours) or rows < 32
 
 
 def test_square_trajectory_matches_reference(robust_mlp, robust_batch):
