@@ -622,6 +622,44 @@ def test_model_checks_agree_with_the_references_checks(tiny_model):
                 assert ours == theirs, (n_classes, names)
 
 
+
+def test_flag_messages_by_hand():
+    """What a reader is told, with the numbers in it."""
+    assert _checks.flag_zero_gradients(torch.tensor([True, False, False, False]), "APGD-T") == (
+        "zero gradients: 1 of 4 examples (25.0%) have an all-zero input gradient in APGD-T; gradient-based "
+        "attacks cannot move them, so the evaluation may be unreliable (gradient masking)")
+    assert _checks.flag_zero_gradients(torch.zeros(4, dtype=torch.bool), "APGD-T") is None
+    assert _checks.flag_square_beats_white_box([("apgd-ce", 0.5), ("square", 0.45)]) == (
+        "Square beats the white-box attacks: it lowered robust accuracy by 5.00% after them; gradients are "
+        "probably masked, so try more Square queries/restarts or an adaptive attack")
+    assert _checks.flag_targets(4, ["apgd-ce", "apgd-t", "fab-t"], 9, 2) == (
+        "too few classes: APGD-T asks for 9 target classes but only 3 exist (the extra ones are skipped)")
+    assert _checks.flag_targets(2, ["apgd-ce", "apgd-dlr"], 9, 9) == (
+        "too few classes: with 2 classes the DLR loss is undefined")
+    assert _checks.flag_targets(3, ["apgd-t", "fab-t"], 2, 3) == (
+        "too few classes: with 3 classes the targeted DLR loss is undefined; FAB-T asks for 3 target classes "
+        "but only 2 exist (the extra ones are skipped)")
+    x, _ = random_batch()
+    assert _checks.flag_dynamic(GradientStepDefence(), x) == (
+        "autograd inside forward: the forward pass computes gradients (a dynamic defence); AutoAttack alone "
+        "may not be enough, add an adaptive attack")
+
+
+def test_the_dynamic_check_hands_back_the_tracer_it_found(tiny_model):
+    """A debugger's or coverage's tracer is active again after the check."""
+    import sys
+
+    def tracer(frame, event, arg):
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        _checks.flag_dynamic(tiny_model, random_batch()[0])
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(previous)
+
 def test_dynamic_defence_is_flagged(tiny_model):
     x, _ = random_batch()
     assert _checks.flag_dynamic(GradientStepDefence(), x) is not None
@@ -632,9 +670,9 @@ def test_more_targets_than_classes_is_flagged_and_capped():
     x, _ = random_batch()
     y = torch.randint(0, 5, (len(x),), generator=torch.Generator().manual_seed(0))
     five_classes = mlp(8 * 8, 16, 5, seed=4)
-    with pytest.warns(UserWarning, match="more targets than classes"):
+    with pytest.warns(UserWarning, match="too few classes"):
         result = attacks.build("autoattack", eps=0.05, n_target_classes=9).run(five_classes, x, y)
-    assert any(flag.startswith("more targets than classes") for flag in result.flags)
+    assert any(flag.startswith("too few classes") for flag in result.flags)
     assert (result.x_adv - x).abs().max() <= 0.05 + 1e-6
 
 
@@ -662,23 +700,28 @@ def test_apgd_defaults_are_the_reference_budget():
         8 / 255, "Linf", "ce", 100, 1, 0.75, 1, 0)
 
 
-@pytest.mark.parametrize("version", ["standard", "rand"])
-def test_settings_match_the_reference(version):
+@pytest.mark.parametrize(("version", "norm", "eps"), [("standard", "Linf", 8 / 255), ("standard", "Linf", 0.1),
+                                                    ("rand", "Linf", 0.1), ("rand", "L2", 0.5)])
+def test_settings_match_the_reference(version, norm, eps):
+    """Every attack of the ensemble has the reference's settings for this version, norm and ε (the
+    APGD losses are set by name when the reference runs them)."""
     from pyautoattack import AutoAttack as ReferenceAutoAttack
 
-    reference = ReferenceAutoAttack(nn.Identity(), norm="Linf", eps=8 / 255, version=version, seed=0)
-    ours = attacks.build("autoattack", eps=8 / 255, version=version).attacks()
+    reference = ReferenceAutoAttack(nn.Identity(), norm=norm, eps=eps, version=version, seed=0)
+    ours = attacks.build("autoattack", eps=eps, norm=norm, version=version).attacks()
     assert list(ours) == reference.attacks_to_run
     for name, attack in ours.items():
+        assert attack.eps == eps
         if name.startswith("apgd"):
             twin = reference.apgd_targeted if name == "apgd-t" else reference.apgd
             assert (attack.n_iter, attack.rho, attack.eot_iter) == (twin.n_iter, twin.thr_decr, twin.eot_iter)
-            assert attack.n_restarts == twin.n_restarts
+            assert attack.n_restarts == twin.n_restarts and attack.norm == twin.norm == norm
+            assert attack.loss == {"apgd-ce": "ce", "apgd-dlr": "dlr", "apgd-t": "dlr-targeted"}[name]
         if name == "apgd-t":
             assert attack.n_target_classes == reference.apgd_targeted.n_target_classes
         if name == "fab-t":
             fab = reference.fab
-            assert (attack.n_iter, attack.n_target_classes) == (fab.n_iter, fab.n_target_classes)
+            assert (attack.n_iter, attack.n_target_classes, fab.norm) == (fab.n_iter, fab.n_target_classes, norm)
             assert (attack.alpha_max, attack.eta, attack.beta) == (fab.alpha_max, fab.eta, fab.beta)
         if name == "square":
             square = reference.square

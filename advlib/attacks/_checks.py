@@ -61,11 +61,12 @@ _AUTOGRAD_ENTRY_POINTS = {"grad", "backward", "_make_grads"}
 def flag_dynamic(model: torch.nn.Module, x: torch.Tensor) -> str | None:
     """Autograd inside ``forward`` (a dynamic defence, e.g. test-time optimisation): a forward pass
     calls ``torch.autograd.grad`` or ``.backward``."""
-    calls: list[str] = []
+    entered = False
 
     def trace(frame, event, arg):
+        nonlocal entered
         if event == "call" and frame.f_code.co_name in _AUTOGRAD_ENTRY_POINTS:
-            calls.append(frame.f_code.co_name)
+            entered = True
         return None
 
     previous = sys.gettrace()
@@ -75,14 +76,14 @@ def flag_dynamic(model: torch.nn.Module, x: torch.Tensor) -> str | None:
             model(x)
     finally:
         sys.settrace(previous)
-    if calls:
+    if entered:
         return ("autograd inside forward: the forward pass computes gradients (a dynamic defence); "
                 "AutoAttack alone may not be enough, add an adaptive attack")
     return None
 
 
 def flag_targets(n_classes: int, attacks: list[str], apgd_targets: int, fab_targets: int) -> str | None:
-    """More target classes than wrong classes, or too few classes for the DLR losses."""
+    """Too few classes for the DLR losses, or more target classes than wrong classes."""
     problems = []
     if "apgd-dlr" in attacks or "apgd-t" in attacks:
         if n_classes <= 2:
@@ -90,9 +91,11 @@ def flag_targets(n_classes: int, attacks: list[str], apgd_targets: int, fab_targ
         elif n_classes == 3 and "apgd-t" in attacks:
             problems.append("with 3 classes the targeted DLR loss is undefined")
     if "apgd-t" in attacks and apgd_targets + 1 > n_classes:
-        problems.append(f"APGD-T asks for {apgd_targets} target classes but only {n_classes - 1} exist")
+        problems.append(f"APGD-T asks for {apgd_targets} target classes but only {n_classes - 1} exist "
+                        "(the extra ones are skipped)")
     if "fab-t" in attacks and fab_targets + 1 > n_classes:
-        problems.append(f"FAB-T asks for {fab_targets} target classes but only {n_classes - 1} exist")
+        problems.append(f"FAB-T asks for {fab_targets} target classes but only {n_classes - 1} exist "
+                        "(the extra ones are skipped)")
     if problems:
-        return "more targets than classes: " + "; ".join(problems) + " (the extra targets are skipped)"
+        return "too few classes: " + "; ".join(problems)
     return None
