@@ -146,6 +146,48 @@ def small_pair() -> GuideAndTarget:
     return GuideAndTarget(models.build("small_cnn", 10, 1, width=4), models.build("small_cnn", 10, 1, width=4)).train()
 
 
+
+def test_pgd_at_trainer_feeds_its_loss_the_right_tensors():
+    """x' from PGD with the trainer's ε, step, steps and BatchNorm mode, on the epoch's generator;
+    the loss is CE(f(x'), y) and the training logits are f(x')."""
+    torch.manual_seed(0)
+    model = models.build("small_cnn", 10, 1, width=2).eval()
+    x, y = torch.rand(6, 1, 32, 32), torch.arange(6)
+    trainer = defenses.build("pgd_at", eps=0.1, alpha=0.04, steps=2, bn_mode="eval", seed=4)
+    pgd = trainer.attack
+    assert type(pgd).__name__ == "PGD" and (pgd.eps, pgd.alpha, pgd.steps, pgd.bn_mode) == (0.1, 0.04, 2, "eval")
+    assert trainer.seed == 4
+    x_adv, calls = (x - 0.05).clamp(0, 1), []
+
+    def attack(model, inputs, labels, generator):
+        calls.append((model, inputs, labels, generator))
+        return x_adv
+
+    trainer.attack = attack
+    loss, logits = trainer(model, x, y, epoch=2)
+    [(attacked, inputs, labels, generator)] = calls
+    assert attacked is model and torch.equal(inputs, x) and torch.equal(labels, y)
+    assert generator is trainer.generator(x.device, 2)
+    with torch.no_grad():
+        assert torch.allclose(logits, model(x_adv))
+        assert loss.item() == pytest.approx(F.cross_entropy(model(x_adv), y).item(), rel=1e-6)
+
+
+def test_optimizers_by_name():
+    from advlib.training import make_optimizer
+
+    parameters = [nn.Parameter(torch.zeros(2))]
+    default = make_optimizer(parameters)
+    assert type(default) is torch.optim.SGD and default.defaults["lr"] == 0.1
+    sgd = make_optimizer(parameters, "sgd", lr=0.02, momentum=0.9, weight_decay=2e-4)
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.02, 0.9, 2e-4)
+    adam = make_optimizer(parameters, "adam", lr=0.01, betas=(0.5, 0.9))
+    assert type(adam) is torch.optim.Adam and (adam.defaults["lr"], adam.defaults["betas"]) == (0.01, (0.5, 0.9))
+    assert adam.param_groups[0]["params"][0] is parameters[0]
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        make_optimizer(parameters, "rmsprop")
+
 def test_guide_and_target_both_receive_gradients(small_pair):
     x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 10
     for name in ("dynat", "dynat_awp", "dynat_inner_awp"):
@@ -377,6 +419,33 @@ def test_cw_linf_keeps_the_first_fooling_iterate():
     x, y = torch.full((1, 1, 2, 2), 0.26), torch.tensor([0])
     attack = attacks.build("cw-linf", eps=0.1, alpha=0.1, steps=3, random_start=False)
     assert torch.equal(attack(SumOfPixels(1.0), x, y), x)
+
+
+def test_cw_linf_by_hand_on_a_linear_model():
+    """Two classes, logits W x: the CW margin's gradient is the fixed sign of w_wrong − w_true, zero
+    where the two rows agree. Without a random start the iterates are x + kα·sign (inside the ball);
+    the result is the first iterate that fools the model, found at the start of the step after it."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.5, 0.0]]))
+    x, y = torch.tensor([[[[0.50, 0.45], [0.3, 0.7]]]]), torch.tensor([0])
+    # margin z_0 - z_1 = x_1 - x_2 = 0.05; each step of 0.03 lowers it by 0.06; pixels 3 and 4 never move
+    cw = attacks.build("cw-linf", eps=0.2, alpha=0.03, steps=4, random_start=False)
+    first_fooling = torch.tensor([[[[0.47, 0.48], [0.3, 0.7]]]])  # after one step: margin -0.01
+    assert torch.allclose(cw(model, x, y), first_fooling, atol=1e-6)
+    robust = attacks.build("cw-linf", eps=0.02, alpha=0.03, steps=4, random_start=False)
+    assert torch.allclose(robust(model, x, y), torch.tensor([[[[0.48, 0.47], [0.3, 0.7]]]]), atol=1e-6)
+
+
+def test_cw_linf_defaults_are_dynats_evaluation_and_its_seed_moves_the_start(small_model, test_batch):
+    spec = config.PROFILES["paper"]["adversarial_training"]
+    cw = attacks.build("cw-linf")
+    assert (cw.eps, cw.alpha, cw.steps, cw.restarts, cw.random_start) == (
+        spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"], spec["evaluation"]["cw_steps"],
+        spec["evaluation"]["cw_restarts"], True)
+    x, y = test_batch[0][:16], test_batch[1][:16]
+    runs = [attacks.build("cw-linf", steps=1, seed=seed)(small_model, x, y) for seed in (0, 0, 3)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
 
 
 # --- the paper profile --------------------------------------------------------------------------------

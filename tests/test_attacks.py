@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 import advlib.attacks as attacks
-from advlib import config
 from advlib.evaluation import predict, robust_accuracy
 from advlib.registry import UnknownNameError
 
@@ -342,29 +341,3 @@ def test_report_table_and_printout_by_hand():
     assert all(value != value for value in empty.accuracies.values())  # nan: nothing was measured
 
 
-
-def test_cw_linf_by_hand_on_a_linear_model():
-    """Two classes, logits W x: the CW margin's gradient is the fixed sign of w_wrong − w_true, zero
-    where the two rows agree. Without a random start the iterates are x + kα·sign (inside the ball);
-    the result is the first iterate that fools the model, found at the start of the step after it."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2, bias=False)).eval()
-    with torch.no_grad():
-        model[1].weight.copy_(torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 0.5, 0.0]]))
-    x, y = torch.tensor([[[[0.50, 0.45], [0.3, 0.7]]]]), torch.tensor([0])
-    # margin z_0 - z_1 = x_1 - x_2 = 0.05; each step of 0.03 lowers it by 0.06; pixels 3 and 4 never move
-    cw = attacks.build("cw-linf", eps=0.2, alpha=0.03, steps=4, random_start=False)
-    first_fooling = torch.tensor([[[[0.47, 0.48], [0.3, 0.7]]]])  # after one step: margin -0.01
-    assert torch.allclose(cw(model, x, y), first_fooling, atol=1e-6)
-    robust = attacks.build("cw-linf", eps=0.02, alpha=0.03, steps=4, random_start=False)
-    assert torch.allclose(robust(model, x, y), torch.tensor([[[[0.48, 0.47], [0.3, 0.7]]]]), atol=1e-6)
-
-
-def test_cw_linf_defaults_are_dynats_evaluation_and_its_seed_moves_the_start(small_model, test_batch):
-    spec = config.PROFILES["paper"]["adversarial_training"]
-    cw = attacks.build("cw-linf")
-    assert (cw.eps, cw.alpha, cw.steps, cw.restarts, cw.random_start) == (
-        spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"], spec["evaluation"]["cw_steps"],
-        spec["evaluation"]["cw_restarts"], True)
-    x, y = test_batch[0][:16], test_batch[1][:16]
-    runs = [attacks.build("cw-linf", steps=1, seed=seed)(small_model, x, y) for seed in (0, 0, 3)]
-    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])

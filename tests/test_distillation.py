@@ -387,6 +387,7 @@ def test_defaults_are_the_paper_profiles_settings(name):
                              **({"epochs": 200} if name in ("igdm", "saad") else {}))
     expected = {**spec["train_attack"], **spec[name], "bn_mode": "eval"}
     assert {key: getattr(trainer, key) for key in expected} == expected
+    assert _trainer(name, trainer.teacher, seed=7).seed == 7
 
 def test_a_few_saad_steps_at_paper_size():
     """ResNet-18 student, WRN-34-10 teacher, a CIFAR-shaped batch of 2 and the paper's 10 inner

@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from advlib import attacks
-from advlib.evaluation import BPDAPurified, NoisyPurifier, Purified, crafted_on, purifier_threats
+from advlib.evaluation import BPDAPurified, NoisyPurifier, Purified, crafted_on, purifier_threats, robust_accuracy
+from advlib.evaluation.protocols import white_box
 
 
 class Squash(nn.Module):
@@ -41,6 +42,17 @@ def test_white_box_through_the_purifier_is_at_least_as_strong_as_every_other_thr
     assert direct.sum() < gray.sum()
     assert (white == direct & gray & threats["BPDA"]["robust"] & threats["transfer"]["robust"]).all()
 
+
+
+def test_white_box_report_is_the_plain_evaluation_of_the_composed_model():
+    x, y = _data()
+    pgd = attacks.build("pgd", eps=0.15, alpha=0.03, steps=5, seed=0)
+    report = white_box(Squash(), _classifier(0), x, y, {"pgd": pgd}, batch_size=32)
+    composed = robust_accuracy(Purified(Squash(), _classifier(0)).eval(), x, y, {"pgd": pgd}, batch_size=32)
+    assert torch.equal(report.per_attack["pgd"], composed.per_attack["pgd"]) and report.clean.all()
+    assert 0 < report.accuracies["pgd"] < 1
+    alone = robust_accuracy(_classifier(0), x, y, {"pgd": pgd})
+    assert not torch.equal(alone.clean, report.clean)  # the purifier is part of what was evaluated
 
 def test_gray_box_examples_are_crafted_on_the_classifier_alone():
     x, y = _data()
