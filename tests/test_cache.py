@@ -167,3 +167,44 @@ def test_what_this_process_computed_is_not_announced_again_as_loaded(tmp_path, c
     cache.load_or_compute("test-said", {"a": 2}, lambda: {"t": torch.zeros(1)}, root=tmp_path, verbose=False)
     cache.load_or_compute("test-said", {"a": 2}, lambda: {"t": torch.ones(1)}, root=tmp_path)
     assert "loaded test-said" in capsys.readouterr().out, "computed unsaid: its first load is said"
+
+
+def test_cache_keys_by_hand(tmp_path):
+    """The key is the SHA-256 of the canonical JSON (sorted keys, no spaces, other objects as their
+    str) of the configuration with the code versions of the kind and of the models it is measured
+    on: 12 hex digits in the file name."""
+    import hashlib
+    from pathlib import PurePosixPath
+
+    def sha12(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    config = {"b": [1, 2], "a": PurePosixPath("x/y")}
+    assert cache.config_hash(config) == sha12('{"a":"x/y","b":[1,2]}')
+    assert cache.code_version("classifier-extra") == cache.CODE_VERSIONS["classifier"]
+    assert cache.code_version("no-such-kind") == 0
+    version = cache.code_version("classifier")
+    key = '{"code_version":%d,"config":{"a":1}}' % version
+    assert cache.artifact_path("classifier", {"a": 1}, tmp_path) == tmp_path / f"classifier-{sha12(key)}.pt"
+    dependent = next(iter(cache.CODE_DEPENDENCIES))
+    models = ",".join('"%s":%d' % (m, cache.code_version(m)) for m in sorted(cache.CODE_DEPENDENCIES[dependent]))
+    key = '{"code_version":%d,"config":{"a":1},"model_code_versions":{%s}}' % (cache.code_version(dependent), models)
+    assert cache.artifact_path(dependent, {"a": 1}, tmp_path) == tmp_path / f"{dependent}-{sha12(key)}.pt"
+
+
+def test_json_is_written_indented_in_the_given_order_through_a_hidden_temporary_beside_it(tmp_path, monkeypatch):
+    renames = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        renames.append((Path(source), Path(target)))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "results" / "table.json"
+    cache.atomic_write_json({"b": 1, "a": [2]}, path)
+    assert path.read_text() == '{\n  "b": 1,\n  "a": [\n    2\n  ]\n}\n'
+    [(source, target)] = renames
+    assert target == path and source.parent == path.parent
+    assert source.name.startswith(".table.json.") and source.name.endswith(".tmp")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["table.json"]
