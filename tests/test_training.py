@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from advlib import cache
 from advlib.training import lr_multiplier
@@ -176,3 +177,48 @@ def test_training_summary_by_hand():
                 "passes_with_grad": 4, "passes_without_grad": 1}]
     assert training_summary("the model", history) == (
         "trained the model: 2 epochs in 3 s; last epoch: loss 0.25, train_acc 0.912")
+
+
+class TwoBatches:
+    """Five examples in batches of 3 and 2, the same every epoch."""
+
+    x = torch.zeros(5, 1)
+    y = torch.tensor([0, 1, 1, 0, 1])
+
+    def __len__(self) -> int:
+        return 2
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def __iter__(self):
+        yield self.x[:3], self.y[:3]
+        yield self.x[3:], self.y[3:]
+
+
+def test_fit_records_each_epoch_by_hand(capsys):
+    """loss = c + Σw (c = 1 on the first batch, 4 on the second), plain SGD at 0.5 with a tenfold
+    drop at half of training: w moves by -lr per step, the epoch's loss is the example-weighted
+    mean, its accuracy that of the returned logits (2 of 3, then 1 of 2 right), its lr the last step's."""
+    from advlib.training import fit
+
+    model = nn.Linear(1, 2, bias=False)
+    nn.init.zeros_(model.weight)
+    right_on = {3: torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), 2: torch.tensor([[0.0, 1.0], [0.0, 1.0]])}
+
+    def loss_fn(model, x, y, epoch):
+        return (1.0 if len(y) == 3 else 4.0) + model.weight.sum(), right_on[len(y)]
+
+    history = fit(model, TwoBatches(), epochs=2, optimizer={"name": "sgd", "lr": 0.5},
+                  schedule={"interpolate": "step", "points": [[0.0, 1.0], [0.5, 0.1]]}, loss_fn=loss_fn,
+                  desc="by hand")
+    # epoch 1: Σw = 0, then -1 (lr 0.5); epoch 2: Σw = -2, then -2.1 (lr 0.05)
+    expected = [{"epoch": 1, "lr": 0.5, "train_loss": (1.0 * 3 + 3.0 * 2) / 5, "train_acc": 0.6},
+                {"epoch": 2, "lr": 0.05, "train_loss": (-1.0 * 3 + 1.9 * 2) / 5, "train_acc": 0.6}]
+    for record, wanted in zip(history, expected, strict=True):
+        assert {key: record[key] for key in wanted} == pytest.approx(wanted)
+        assert 0 <= record["seconds"] < 60
+    assert torch.allclose(model.weight, torch.full((2, 1), -1.1))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("by hand epoch 1/2: lr 0.5, train_loss 1.8, train_acc 0.6, seconds ")
+    assert lines[1].startswith("by hand epoch 2/2: lr 0.05, train_loss 0.16, train_acc 0.6, seconds ")
