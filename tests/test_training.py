@@ -222,3 +222,33 @@ def test_fit_records_each_epoch_by_hand(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("by hand epoch 1/2: lr 0.5, train_loss 1.8, train_acc 0.6, seconds ")
     assert lines[1].startswith("by hand epoch 2/2: lr 0.05, train_loss 0.16, train_acc 0.6, seconds ")
+
+
+def test_a_resumed_fit_runs_only_the_epochs_left(tmp_path):
+    """After a run stopped at epoch 1, the next call restores the weights, the optimizer (its
+    momentum) and the history from the checkpoint and trains epoch 2 only: two steps, not four, and
+    the same weights as an uninterrupted run."""
+    from advlib.training import fit
+
+    def run(checkpoint, stop_after=None):
+        model = nn.Linear(1, 2, bias=False)
+        nn.init.zeros_(model.weight)
+        steps = []
+
+        def loss_fn(model, x, y, epoch):
+            steps.append(epoch)
+            return model.weight.sum() * len(y), None
+
+        history = fit(model, TwoBatches(), epochs=2, optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                      schedule={"interpolate": "step", "points": [[0.0, 1.0]]}, loss_fn=loss_fn,
+                      checkpoint=checkpoint, stop_after=stop_after)
+        return model.weight.detach().clone(), history, steps
+
+    whole, whole_history, _ = run(None)
+    checkpoint = tmp_path / "run.pt"
+    _, first_history, first_steps = run(checkpoint, stop_after=1)
+    resumed, history, steps = run(checkpoint)
+    assert first_steps == [0, 0] and steps == [1, 1]
+    assert history[0] == first_history[0] and [r["epoch"] for r in history] == [1, 2]
+    assert torch.equal(resumed, whole)
+    assert [r["train_loss"] for r in history] == [r["train_loss"] for r in whole_history]
