@@ -57,7 +57,6 @@ def test_batch(fashion_test) -> tuple[torch.Tensor, torch.Tensor]:
     return fashion_test.subset(256, seed=1).tensors()
 
 
-
 def under_mutation() -> bool:
     """True in a test run of one mutant of `make mutation` (mutmut names it in the environment)."""
     return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")

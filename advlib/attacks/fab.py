@@ -61,8 +61,9 @@ class FABTargeted(Attack):
 
     The paper keeps the closest misclassified point found; AutoAttack only asks whether one lies
     within ``eps``, so an example's result is its first misclassified point within ``eps`` (where
-    the search for that example stops), else the clean image. Only correctly classified examples are attacked. There is no random start (the
-    standard version makes one run from x), so the generator goes unused. While most rows are not
+    the search for that example stops), else the clean image. Only correctly classified examples
+    are attacked. There is no random start (the standard version makes one run from x), so the
+    generator goes unused. While most rows are not
     adversarial, the forward pass that checks x^{(i+1)} also gives the next gradient (the reference
     always runs a second forward pass for it).
     """
