@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import advlib.attacks as attacks
+from advlib.config import PURIFICATION_ATTACKS
 from advlib.evaluation import predict, robust_accuracy
 from advlib.registry import UnknownNameError
 
@@ -113,6 +114,33 @@ def test_pgd_defaults_are_the_seed_papers_training_pgd():
         8 / 255, 2 / 255, 10, 1, True, 0, "eval")
 
 
+def test_fgsm_bim_and_cw_defaults_are_the_purification_papers_evaluation():
+    """Koo et al. (2023), Sec. 4.1: ε = 8/255 for FGSM and BIM; CW in L2 with 40 Adam steps of
+    learning rate 0.01. The paper does not give c and κ; ours are torchattacks' defaults (1 and 0).
+    BIM keeps Kurakin et al.'s own step of 1/255 (the paper's table uses 2/255 × 20, set by name)."""
+    fgsm, bim, cw = attacks.build("fgsm"), attacks.build("bim"), attacks.build("cw")
+    assert (fgsm.eps, fgsm.seed, fgsm.bn_mode) == (8 / 255, 0, "eval")
+    assert (bim.eps, bim.alpha, bim.steps, bim.seed, bim.bn_mode) == (8 / 255, 1 / 255, 10, 0, "eval")
+    assert (cw.c, cw.kappa, cw.steps, cw.lr, cw.seed, cw.bn_mode) == (1.0, 0.0, 40, 0.01, 0, "eval")
+    assert {k: v for k, v in PURIFICATION_ATTACKS["CW"].items() if k != "name"} == {
+        "c": cw.c, "kappa": cw.kappa, "steps": cw.steps, "lr": cw.lr}
+    assert [attacks.build(name, seed=7).seed for name in ("fgsm", "bim", "cw")] == [7, 7, 7]
+
+
+@pytest.mark.parametrize("settings_, problem", [
+    ({"c": -0.1}, "c must be"), ({"c": "1"}, "c must be"), ({"kappa": -1.0}, "kappa must be"),
+    ({"kappa": None}, "kappa must be"), ({"lr": 0}, "learning rate"), ({"lr": "0.01"}, "learning rate"),
+    ({"steps": 0}, "steps"), ({"steps": True}, "steps"), ({"steps": 2.0}, "steps")])
+def test_cw_rejects_bad_settings_by_name(settings_, problem):
+    with pytest.raises(ValueError, match=problem):
+        attacks.build("cw", **settings_)
+
+
+def test_cw_accepts_the_edges_of_its_settings():
+    cw = attacks.build("cw", c=0, kappa=0, steps=1, lr=1e-9)
+    assert (cw.c, cw.kappa, cw.steps, cw.lr) == (0, 0, 1, 1e-9)
+
+
 def test_cw_margin_masks_the_true_class_even_when_every_logit_is_negative():
     from advlib.attacks.primitives import margin
 
@@ -172,6 +200,77 @@ def test_cw_is_not_weaker_than_torchattacks(small_model, test_batch):
     ours_l2 = (ours - x).flatten(1).norm(dim=1)[both].mean().item()
     theirs_l2 = (theirs - x).flatten(1).norm(dim=1)[both].mean().item()
     assert ours_l2 <= theirs_l2 + 0.02
+
+
+class ShiftedAndRecorded(nn.Module):
+    """The model's logits + 100, recording every full batch it is shown. The shift keeps every margin
+    and makes torchattacks' f (which zeroes the masked logits instead of leaving them out) equal to
+    Carlini and Wagner's, so that both codes optimise the same objective."""
+
+    def __init__(self, model: nn.Module, batch_size: int) -> None:
+        super().__init__()
+        self.model, self.batch_size, self.seen = model, batch_size, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) == self.batch_size:
+            self.seen.append(x.detach().clone())
+        return self.model(x) + 100
+
+
+def smooth_model(seed: int = 0, classes: int = 5) -> nn.Module:
+    """Conv + tanh + linear on 1×8×8 inputs: no pixel with a zero gradient. On those (max-pooled or dead
+    ReLU pixels), Adam's first step has the size lr whatever the gradient, so its sign is set by
+    the rounding noise of tanh(atanh(x)) − x and the two codes would part for a reason that is not
+    the attack."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, classes)).eval()
+
+
+def cw_images(model: nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images away from 0 and 1 (torchattacks' atanh of a saturated pixel is infinite, ours is shrunk),
+    labelled as the model classifies them, so that every image has to be fooled."""
+    x = 0.1 + 0.8 * random_batch(1, n)[0]
+    with torch.no_grad():
+        return x, model(x).argmax(1)
+
+
+@pytest.mark.parametrize("kappa", [0.0, 0.3])
+def test_cw_iterates_equal_torchattacks(kappa):
+    """The images both codes show the model, step by step: the tanh change of variables, the squared
+    L2 term, c, κ in f and Adam's learning rate all enter the next iterate."""
+    model, steps, settings_ = smooth_model(), 8, {"c": 3.0, "kappa": kappa, "lr": 0.01}
+    x, y = cw_images(model, 16)
+    ours_model, theirs_model = ShiftedAndRecorded(model, len(x)), ShiftedAndRecorded(model, len(x))
+    attacks.build("cw", steps=steps, **settings_)(ours_model, x, y)
+    torchattacks.CW(theirs_model, steps=steps, **settings_)(x, y)
+    assert len(theirs_model.seen) == steps, "torchattacks stopped early: its cost rose"
+    assert len(ours_model.seen) == steps + 1  # and the last iterate, checked after the last step
+    for step, (ours, theirs) in enumerate(zip(ours_model.seen, theirs_model.seen)):
+        assert (ours - theirs).abs().max().item() < 1e-4, f"iterate {step}"
+
+
+def test_cw_does_not_count_a_tie_as_fooled():
+    """Untargeted success needs another class strictly above the true one (Carlini & Wagner 2017,
+    Sec. III.A: C(x') ≠ t). A model whose logits always tie is never fooled, so CW returns x itself."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    nn.init.zeros_(model[1].weight), nn.init.zeros_(model[1].bias)
+    x, y = random_batch(0, 4)
+    assert torch.equal(attacks.build("cw", steps=3, lr=0.1)(model, x, y), x)
+
+
+def test_cw_keeps_the_closest_fooling_iterate_as_torchattacks_does():
+    """With κ = 0 both keep, per image, the closest iterate the model misclassifies. torchattacks looks
+    at an iterate before stepping from it, so its run of steps + 1 sees the iterates ours sees in steps."""
+    model, settings_ = smooth_model(), {"c": 3.0, "kappa": 0.0, "lr": 0.01}
+    x, y = cw_images(model, 64)
+    ours = attacks.build("cw", steps=10, **settings_)(model, x, y)
+    theirs_model = ShiftedAndRecorded(model, len(x))
+    theirs = torchattacks.CW(theirs_model, steps=11, **settings_)(x, y)
+    assert len(theirs_model.seen) == 11, "torchattacks stopped early: its cost rose"
+    moved = (ours != x).flatten(1).any(1)
+    assert 5 < moved.sum() < len(x), "the comparison needs fooled and unfooled images"
+    assert torch.equal(moved, (theirs != x).flatten(1).any(1))
+    assert (ours - theirs).abs().max().item() < 1e-4
 
 
 # --- the contract, for every attack ---------------------------------------------------------------------------
