@@ -322,9 +322,14 @@ def test_fab_t_trajectory_matches_reference(request, robust_batch, monkeypatch, 
 
     assert torch.equal(x_ours, x)  # nothing within this ε
     assert len(ours) == len(theirs) == n_iter
-    for k, ((point, w), (point_ref, w_ref)) in enumerate(zip(ours, theirs)):
+    with torch.no_grad():
+        target = model(x).sort(dim=1)[1][:, -2]
+    for k, ((point, w), (point_ref, _)) in enumerate(zip(ours, theirs)):
         assert torch.allclose(point, point_ref.view_as(point), atol=1e-5), f"iterate {k} differs"
-        assert torch.allclose(w, w_ref, atol=1e-5), f"gradient {k} differs"
+        # the reference's hyperplane at our point: at theirs, a point 1e-7 away can lie across a
+        # ReLU's or max-pool's kink, where the gradient jumps
+        _, w_ref = reference.get_diff_logits_grads_batch_targeted(point.view_as(x), y, target)
+        assert torch.allclose(w, w_ref.view_as(w), atol=1e-5), f"gradient {k} differs"
     # rows turned adversarial on the way, so the backward steps are part of what was compared
     assert any(bool((model(point.view_as(x)).argmax(1) != y).any()) for point, _ in ours) or rows < 32
 
