@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def test_a_corrupted_artifact_is_reported_moved_aside_and_recomputed(tmp_path, c
     assert len(calls) == 2 and model.weight[0, 0].item() == 2.0
     message = capsys.readouterr().out
     assert path.name in message and "could not be read" in message and str(tmp_path) not in message
-    assert len(list(tmp_path.glob("toy-*.corrupt-*.pt"))) == 1
+    [aside] = tmp_path.glob("toy-*.corrupt-*.pt")
+    assert re.fullmatch(re.escape(path.stem) + r"\.corrupt-\d{8}-\d{6}\.pt", aside.name), "stamped with its time"
     assert cache.load(path)["history"] == [{"epoch": 1}], "the recomputed artifact is whole"
 
 
@@ -106,6 +108,7 @@ def test_cache_files_are_readable_by_the_group(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "a.pt").stat().st_mode)
     assert mode & stat.S_IRGRP and mode & stat.S_IRUSR and not mode & stat.S_IWOTH
+    assert not mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH), "data, not a program"
 
 
 def test_the_tests_never_write_into_the_books_cache():

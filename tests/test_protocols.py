@@ -164,3 +164,137 @@ def test_robustness_outcomes_per_image():
     fooled = int((outcomes["clean"] & ~outcomes["PGD-20"]).sum())
     assert len(outcomes["transfer"]) == fooled > 0, "one entry per x' that fools the model"
     assert outcomes["transfer"].all(), "an example that fools the model fools the model"
+
+
+# --- batching, subsets and options that reach the attacks -------------------------------------------------
+
+def _random_start_pgd(seed: int = 3):
+    """A PGD whose random start is drawn from a generator seeded afresh at every call: its examples
+    depend on how the images are split into calls, so the tests below see the batch size."""
+    return attacks.build("pgd", eps=0.2, alpha=0.05, steps=2, seed=seed)
+
+
+def _in_batches(attack, model, x, y, size):
+    return torch.cat([attack(model, x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)])
+
+
+def test_craft_calls_the_attack_once_per_batch_of_256_by_default():
+    from advlib.evaluation.protocols import craft
+
+    model, pgd = _classifier(0), _random_start_pgd()
+    x = torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1)
+    assert torch.equal(craft(pgd, model, x, y), _in_batches(pgd, model, x, y, 256))
+    assert torch.equal(craft(pgd, model, x, y, batch_size=7), _in_batches(pgd, model, x, y, 7))
+    assert not torch.equal(_in_batches(pgd, model, x, y, 7), _in_batches(pgd, model, x, y, 256))
+
+
+def test_crafted_on_scores_the_target_on_examples_crafted_on_the_source_in_batches():
+    from advlib.evaluation.prediction import predict
+
+    source, target, pgd = _classifier(0), _classifier(5), _random_start_pgd()
+    x = torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    y = target(x).argmax(1)
+    y[:20] = (y[:20] + 1) % 3
+    for options, size in (({}, 256), ({"batch_size": 9}, 9)):
+        outcome = crafted_on(source, target, x, y, pgd, **options)
+        clean = predict(target, x).argmax(1) == y
+        robust = clean & (predict(target, _in_batches(pgd, source, x, y, size)).argmax(1) == y)
+        assert set(outcome) == {"clean", "robust"}
+        assert torch.equal(outcome["clean"], clean) and torch.equal(outcome["robust"], robust), options
+
+
+def test_gray_box_crafts_each_row_on_its_subset_in_batches_of_500_by_default():
+    """Koo et al.'s gray-box table: a row limited by ``subsets`` to its first n images, the attack
+    run on the classifier in batches (by default 500, so 600 images are two calls of the attack)."""
+    from advlib.evaluation import gray_box
+    from advlib.evaluation.prediction import accuracy
+
+    classifier, pgd = _classifier(0), _random_start_pgd()
+    x = torch.rand(600, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    y = classifier(Squash()(x)).argmax(1)
+    purified = Purified(Squash(), classifier)
+    for options, size in (({}, 500), ({"batch_size": 64}, 64)):
+        table = gray_box(classifier, {"Squash": Squash()}, {"PGD": pgd, "PGD (first 50)": pgd}, x, y,
+                         subsets={"PGD (first 50)": 50}, **options)
+        x_adv = _in_batches(pgd, classifier, x, y, size)
+        assert table["PGD"] == {"no defence": accuracy(classifier, x_adv, y), "Squash": accuracy(purified, x_adv, y),
+                                "images": 600}, options
+        assert table["PGD (first 50)"]["images"] == 50
+        assert table["PGD (first 50)"]["Squash"] == accuracy(purified, _in_batches(pgd, classifier, x[:50], y[:50], 50),
+                                                             y[:50])
+
+
+def test_white_box_passes_its_options_to_the_evaluation():
+    x, y = _data()
+    pgd = attacks.build("pgd", eps=0.15, alpha=0.03, steps=5, seed=0)
+    fgsm = attacks.build("fgsm", eps=0.15)
+    report = white_box(Squash(), _classifier(0), x, y, {"FGSM": fgsm, "PGD": pgd}, cascade=False,
+                       keep_adversarial=("PGD",))
+    alone = robust_accuracy(Purified(Squash(), _classifier(0)).eval(), x, y, {"PGD": pgd})
+    assert not report.cascade and torch.equal(report.per_attack["PGD"], alone.per_attack["PGD"])
+    assert set(report.adversarial) == {"PGD"}
+
+
+def test_robustness_outcomes_run_each_attack_on_its_own_and_score_autoattack_per_image():
+    """Each attack on every image correct clean (not only on those an earlier attack left), and the
+    AA outcome of image i from the i-th AutoAttack example, which must also be correct clean: the
+    examples below are chosen so that some images wrong clean have an AA example the model gets right."""
+    from advlib.evaluation import robustness_outcomes
+    from advlib.evaluation.prediction import predict
+
+    model = _classifier(0)  # it puts these images in all three classes
+    pool = torch.rand(400, 1, 4, 4, generator=torch.Generator().manual_seed(6))
+    x, pool_classes = pool[:30], predict(model, pool).argmax(1)
+    y, examples = predict(model, x).argmax(1), pool[100:130].clone()
+    for i in range(6):  # wrong clean, with an AutoAttack "example" the model puts in class y_i
+        other = (pool_classes[200:] != y[i]).nonzero()[i].item()
+        y[i], examples[i] = pool_classes[200 + other], pool[200 + other]
+    strong = attacks.build("pgd", eps=0.3, alpha=0.1, steps=10)
+    weak = attacks.build("fgsm", eps=0.05)
+    outcomes = robustness_outcomes(model, x, y, {"PGD-20": strong, "FGSM": weak}, examples)
+    clean = predict(model, x).argmax(1) == y
+    alone = robust_accuracy(model, x, y, {"FGSM": weak}).per_attack["FGSM"]
+    assert torch.equal(outcomes["FGSM"], alone)
+    assert (alone & ~outcomes["PGD-20"]).any(), "the comparison needs an image only PGD fools"
+    assert torch.equal(outcomes["AA"], clean & (predict(model, examples).argmax(1) == y))
+    assert (~clean & (predict(model, examples).argmax(1) == y)).any()
+    assert torch.equal(outcomes["PGD-20 (AA images)"], outcomes["PGD-20"])
+    assert "transfer" not in outcomes
+
+
+def test_autoattack_standard_carries_the_budget_and_the_seed():
+    from advlib.evaluation.protocols import autoattack_standard
+
+    evaluation = {"autoattack_iterations": 7, "autoattack_targets": 2, "square_queries": 30}
+    attack = autoattack_standard(0.1, evaluation, seed=5)
+    assert type(attack).__name__ == "AutoAttack"
+    assert (attack.eps, attack.version, attack.seed) == (0.1, "standard", 5)
+    assert autoattack_standard(0.1, evaluation).seed == 0
+    assert (attack.iterations, attack.n_target_classes, attack.square_queries) == (7, 2, 30)
+    assert list(attack.attacks()) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+def test_purifier_threats_craft_in_batches_of_256_by_default():
+    from advlib.evaluation.protocols import threat_outcomes, threat_sources
+
+    purified, pgd = Purified(Squash(), _classifier(0)).eval(), _random_start_pgd()
+    x = torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(8))
+    y = purified(x).argmax(1)
+    surrogate = _classifier(7)
+    for options, size in (({}, 256), ({"batch_size": 50}, 50)):
+        examples = {threat: _in_batches(pgd, source, x, y, size)
+                    for threat, source in threat_sources(purified, surrogate).items()}
+        expected = threat_outcomes(purified, x, y, examples)
+        outcomes = purifier_threats(purified, x, y, pgd, surrogate, **options)
+        assert {threat: {k: v.tolist() for k, v in o.items()} for threat, o in outcomes.items()} == {
+            threat: {k: v.tolist() for k, v in o.items()} for threat, o in expected.items()}, options
+
+
+def test_folding_leaves_the_model_it_was_given_as_it_was():
+    """The folded copy is a copy: the model being trained keeps its layers in training mode."""
+    from advlib.evaluation import folded
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 3)).train()
+    assert not folded(model).training
+    assert all(module.training for module in model.modules())
