@@ -575,3 +575,233 @@ def test_cw_linf_restarts_take_the_per_example_worst_case():
         attack = attacks.build("cw-linf", eps=0.1, alpha=0.0005, steps=1, restarts=restarts, seed=restarts)
         fooled = (model(attack(model, x, y)).argmax(1) != y).float().mean().item()
         assert fooled == pytest.approx(1 - 0.8975 ** restarts, abs=0.025), restarts
+
+
+# --- defaults and wiring of the trainers --------------------------------------------------------------
+
+def test_standard_training_stores_its_seed_and_is_clean_cross_entropy():
+    """Standard training draws nothing at random, but it keeps the seed it is built with (0 by default,
+    like every attack and trainer) so every trainer is built the same way; its loss is CE(f(x), y)."""
+    assert defenses.build("standard").seed == 0 and defenses.build("standard", seed=5).seed == 5
+    x, y = torch.full((1, 1, 2, 2), 0.25), torch.tensor([1])
+    loss, logits = defenses.build("standard")(SumOfPixels(1.0), x, y, 3)
+    # logits (0, Σx) = (0, 1): CE(·, 1) = log(1 + e^{−1})
+    assert logits.tolist() == [[0.0, 1.0]] and loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+
+
+def test_pgd_at_defaults_are_madrys_cifar_attack_with_rices_batchnorm():
+    """Built without options, PGD-AT trains against PGD with ε = 8/255, step 2/255 and 10 steps (the
+    profiles' training attack), the model in train mode while crafting (the paper profile's
+    ``pgd_at`` setting, as in Rice et al.'s code), and seed 0."""
+    spec = config.PROFILES["paper"]["adversarial_training"]
+    trainer = defenses.build("pgd_at")
+    pgd = trainer.attack
+    assert (pgd.eps, pgd.alpha, pgd.steps) == (8 / 255, 2 / 255, spec["train_attack"]["steps"])
+    assert pgd.bn_mode == spec["pgd_at"]["bn_mode"] == "train"
+    assert trainer.seed == 0
+
+
+def test_pgd_at_continues_the_epochs_random_stream_from_batch_to_batch():
+    """Successive batches of one epoch draw their random starts from the same generator (one stream per
+    epoch, reseeded from (seed, epoch)), not each from a freshly seeded one."""
+    model = SumOfPixels(1.0)
+    x, y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
+    trainer = defenses.build("pgd_at", eps=0.03, alpha=0.01, steps=1)
+    generators, draws = [], []
+
+    def attack(model, inputs, labels, generator):
+        generators.append(generator)
+        draws.append(torch.rand(3, generator=generator))
+        return inputs
+
+    trainer.attack = attack
+    for epoch in (0, 0, 1):
+        trainer(model, x, y, epoch)
+    assert generators[1] is generators[0] and not torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[2], draws[0])
+
+
+def test_guide_and_target_forward_is_the_targets():
+    """Evaluations and attacks see the defended model S, not the guide: (0, Σx) = (0, 2), not G's (0, 1)."""
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    assert pair(torch.full((1, 1, 2, 2), 0.5)).tolist() == [[0.0, 2.0]]
+
+
+def test_dynat_trainer_weights_the_target_term_with_its_label_weight():
+    """Eq. 4–6 with w = 1/2: the guide predicts 1 and y = 0, so CE(G(x), y) = log(1 + e); x' has
+    every pixel at 0.5 − ε = 0.47 (as in the inner-step test), S(x') = (0, 1.88) and
+    CE(S(x'), 1) = log(1 + e^{−1.88})."""
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
+    loss, _ = defenses.build("dynat", eps=0.03, alpha=0.03, steps=2, label_weight=0.5)(pair, x, y, 0)
+    expected = math.log(1 + math.e) + 0.5 * math.log(1 + math.exp(-1.88))
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_label_agreement_restarts_its_count_every_epoch():
+    """The fraction of dynamic labels equal to y is per epoch: the guide always says 1, so epoch 1 with
+    y = (1, 0) agrees on 1/2, epoch 2 with y = (0, 0) on 0 (nothing carried over)."""
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    x = torch.full((2, 1, 2, 2), 0.5)
+    trainer = defenses.build("dynat", eps=0.03, alpha=0.01, steps=1)
+    trainer(pair, x, torch.tensor([1, 0]), 0)
+    assert trainer.epoch_statistics() == {"label_agreement": 0.5}
+    trainer(pair, x, torch.tensor([0, 0]), 1)
+    assert trainer.epoch_statistics() == {"label_agreement": 0.0}
+
+
+# --- DYNAT-AWP: the paper's defaults and where each one goes ------------------------------------------
+
+def _linear_target() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+
+
+def test_dynat_awp_defaults_are_the_paper_profiles_and_reach_their_components(monkeypatch):
+    """Built without options, DYNAT-AWP is the paper profile's (seed 002, Sec. 4.1, Table 1; the
+    authors' AWP_dynat.py): x' by 10 steps of 0.007 (the authors' step; the profile passes Sec. 4.1's
+    2/255) in the ε = 0.031 ball, S in eval mode; λ = 1, β = 1; AWP with γ = 0.005 from epoch 10 of 100
+    (counted from 1: the 0-based epoch 9 is the first) against TRADES's CE + 6·KL (the book never sets
+    β_AWP, so 6 is what it runs); seed 0; DYNAT's BatchNorm-only clean pass off (S(x) is in the loss)."""
+    from advlib.defenses import dynat
+    spec = config.PROFILES["paper"]["adversarial_training"]
+    section = spec["dynat_awp"]
+    trainer = defenses.build("dynat_awp")
+    assert (trainer.eps, trainer.alpha, trainer.steps) == (spec["train_attack"]["eps"], 0.007,
+                                                           spec["train_attack"]["steps"]) == (0.031, 0.007, 10)
+    assert (trainer.label_weight, trainer.beta, trainer.gamma) == (
+        section["label_weight"], section["beta"], section["awp_gamma"]) == (1.0, 1.0, 0.005)
+    assert trainer.awp_from_epoch == round(section["awp_start"] * spec["epochs"]) + 1 == 10
+    assert trainer.awp_beta == spec["trades"]["beta"] == 6.0
+    assert (trainer.awp_inner, trainer.bn_mode, trainer.seed) == ("trades", "eval", 0)
+    assert trainer.target_clean_pass is False
+
+    crafted, awp_losses, outer = [], [], []
+    real_craft, real_trades_loss, real_outer = dynat.trades_adversarial, dynat.trades_loss, dynat.dynat_awp_loss
+    monkeypatch.setattr(dynat, "trades_adversarial", lambda t, x, **kw: crafted.append(kw) or real_craft(t, x, **kw))
+    monkeypatch.setattr(dynat, "trades_loss", lambda *a: awp_losses.append(a[3:]) or real_trades_loss(*a))
+    monkeypatch.setattr(dynat, "dynat_awp_loss", lambda *a: outer.append(a[4:]) or real_outer(*a))
+    pair = GuideAndTarget(ConstantGuide(), _linear_target())
+    x, y = torch.rand(2, 1, 2, 2, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1])
+    weight = pair.target[1].weight
+    before = weight.detach().clone()
+    trainer(pair, x, y, 8)
+    assert torch.equal(weight, before) and awp_losses == [], "epoch 9 (from 1): no AWP yet"
+    trainer.after_step(pair, 8)
+    trainer(pair, x, y, 9)
+    assert awp_losses == [(6.0,)], "epoch 10: AWP against CE + 6·KL"
+    assert (weight - before).norm().item() == pytest.approx(0.005 * before.norm().item(), rel=1e-4)
+    trainer.after_step(pair, 9)
+    assert torch.allclose(weight, before, atol=1e-7)
+    assert [(kw["eps"], kw["alpha"], kw["steps"], kw["bn_mode"]) for kw in crafted] == [(0.031, 0.007, 10, "eval")] * 2
+    assert outer == [(1.0, 1.0), (1.0, 1.0)], "λ and β of the outer loss"
+
+
+def test_dynat_awp_passes_every_option_to_its_parts(monkeypatch):
+    """Options given explicitly land where they act: the seed on the trainer (not on DYNAT's
+    clean-pass flag), γ on the AWP component, ε/step/steps on DYNAT-Inner-AWP's dynamic-label attack."""
+    from advlib.defenses import dynat
+    trainer = defenses.build("dynat_awp", awp_gamma=0.02, seed=5)
+    assert trainer.gamma == 0.02 and trainer.seed == 5 and trainer.target_clean_pass is False
+    calls = []
+    monkeypatch.setattr(dynat, "maximize_linf", lambda model, x, loss, **kw: calls.append(kw) or x.clone())
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    defenses.build("dynat_inner_awp")(pair, torch.full((1, 1, 2, 2), 0.5), torch.tensor([0]), 0)
+    [kw] = calls
+    assert (kw["eps"], kw["alpha"], kw["steps"]) == (0.031, 0.007, 10)
+
+
+def test_dynat_awp_continues_the_epochs_random_stream_from_batch_to_batch(monkeypatch):
+    """The TRADES inner step's random starts come from the trainer's epoch generator (on x's device),
+    one stream per epoch: the second batch continues it, not a freshly seeded copy."""
+    from advlib.defenses import dynat
+    generators, draws = [], []
+
+    def craft(target, x, *, generator, **kw):
+        generators.append(generator)
+        draws.append(torch.rand(3, generator=generator))
+        return x.clone()
+
+    monkeypatch.setattr(dynat, "trades_adversarial", craft)
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    x, y = torch.full((1, 1, 2, 2), 0.5), torch.tensor([0])
+    trainer = defenses.build("dynat_awp", awp_from_epoch=99)
+    trainer(pair, x, y, 0)
+    trainer(pair, x, y, 0)
+    assert generators[1] is generators[0] is trainer.generator(x.device, 0)
+    assert not torch.equal(draws[0], draws[1])
+
+
+def test_awp_skips_weights_the_loss_does_not_reach():
+    """A weight outside the loss (here the guide's layer, when AWP ascends the target's loss) has no
+    gradient: it is left alone, and the used one moves by γ·‖w‖/‖g‖·g (Wu et al. 2020, Eq. 10):
+    w = (3, 4), loss w·(0, 1), g = (0, 1), v = 0.01 · 5 · (0, 1)."""
+    guide, target = nn.Linear(2, 2, bias=False), nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        guide.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        target.weight.copy_(torch.tensor([[3.0, 4.0]]))
+    pair = GuideAndTarget(guide, target)
+    awp = AdversarialWeightPerturbation(0.01)
+    awp.perturb(pair, lambda: pair(torch.tensor([[0.0, 1.0]])).sum())
+    assert torch.allclose(target.weight, torch.tensor([[3.0, 4.05]]))
+    assert torch.equal(guide.weight, torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    awp.restore()
+    assert torch.allclose(target.weight, torch.tensor([[3.0, 4.0]]))
+
+
+def test_weight_perturbation_guard_is_added_to_the_gradient_norm():
+    """v = γ·‖w‖/(‖g‖ + 1e-20)·g: for a gradient of norm 1e-20 (float64) the guard halves the step,
+    0.01 · 5 / 2e-20 · 1e-20 = 0.025."""
+    w = torch.tensor([[3.0, 4.0]], dtype=torch.float64)
+    g = torch.tensor([[0.0, 1e-20]], dtype=torch.float64)
+    v = weight_perturbation({"w": w}, {"w": g}, gamma=0.01)["w"]
+    assert torch.allclose(v, torch.tensor([[0.0, 0.025]], dtype=torch.float64))
+
+
+def test_trades_defaults_are_the_papers_and_its_settings_reach_the_inner_and_outer_steps(monkeypatch):
+    """TRADES's defaults: the CIFAR-10 budget ε = 8/255 with 2/255 × 10 steps (the paper profile passes
+    DYNAT's 0.031 and 0.007 explicitly), β = 6 (Zhang et al. 2019, Sec. 5), the model in eval mode
+    while x' is crafted (their code), seed 0. The trainer hands its step settings, its BatchNorm
+    mode and the epoch's one generator (the same for every batch of an epoch) to the inner
+    maximiser, and its β to :func:`trades_loss` of f(x), f(x') and y."""
+    from advlib.defenses import adversarial_training
+
+    trainer = defenses.build("trades")
+    assert (trainer.eps, trainer.alpha, trainer.steps, trainer.bn_mode, trainer.seed) == (8 / 255, 2 / 255, 10, "eval", 0)
+    assert trainer.beta == config.PROFILES["paper"]["adversarial_training"]["trades"]["beta"] == 6.0
+    calls = []
+    x_adv = torch.full((2, 1, 2, 2), 0.6)
+
+    def inner(model, x, **settings):
+        calls.append(settings)
+        return x_adv
+
+    monkeypatch.setattr(adversarial_training, "trades_adversarial", inner)
+    model, x, y = SumOfPixels(1.0), torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
+    trainer = defenses.build("trades", eps=0.1, alpha=0.02, steps=3, beta=2.0, bn_mode="train")
+    loss, logits = trainer(model, x, y, 4)
+    trainer(model, x, y, 4)
+    assert {k: v for k, v in calls[0].items() if k != "generator"} == {"eps": 0.1, "alpha": 0.02, "steps": 3,
+                                                                        "bn_mode": "train"}
+    assert calls[1]["generator"] is calls[0]["generator"]
+    assert loss.item() == pytest.approx(trades_loss(model(x), model(x_adv), y, 2.0).item())
+    assert torch.equal(logits, model(x))
+
+
+def test_dynat_continues_the_epochs_random_stream_from_batch_to_batch(monkeypatch):
+    """DYNAT's inner maximisation draws its random starts from one generator per epoch (Eq. 7)."""
+    from advlib.defenses import dynat
+
+    generators = []
+
+    def inner(model, x, loss, **settings):
+        generators.append(settings["generator"])
+        return x
+
+    monkeypatch.setattr(dynat, "maximize_linf", inner)
+    trainer = defenses.build("dynat", eps=0.03, alpha=0.01, steps=1)
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    x, y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
+    for epoch in (0, 0, 1):
+        trainer(pair, x, y, epoch)
+    assert generators[1] is generators[0] and generators[2] is not generators[0]

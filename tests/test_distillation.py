@@ -470,3 +470,100 @@ def test_a_student_seed_changes_the_student_and_nothing_else():
     assert torch.equal(x_val, x_val_other), "the same held-out slice"
     assert torch.equal(loader.labels.sort().values, reordered.labels.sort().values), "the same training images"
     assert not torch.equal(next(iter(loader))[1], next(iter(reordered))[1]), "in another order"
+
+
+# --- more hand-worked cases and trainer wiring ---------------------------------------------------------
+
+def test_normalised_weights_with_a_nonzero_minimum_by_hand():
+    """SAAD's min–max normalisation ŵ = (w − min w) / (max w − min w + 1e-8) when no weight is 0:
+    (1, 2, 5) → (0, 1/4, 1)."""
+    assert normalised_weights(torch.tensor([1.0, 2.0, 5.0])).tolist() == pytest.approx([0.0, 0.25, 1.0], abs=1e-6)
+    assert normalised_weights(torch.tensor([3.0, 3.0])).tolist() == [0.0, 0.0]
+
+
+def test_ard_loss_temperature_divides_both_logits_by_hand():
+    """ARD's Eq. 3 softens the student's logits by τ too: S(x') = T(x) gives 0 at every τ, and
+    S(x') = (0, 2 ln 3), T(x) = (0, 0) at τ = 2 is τ² · KL((1/2, 1/2) ‖ (1/4, 3/4))."""
+    teacher = torch.tensor([[0.0, 2 * log(3)], [1.0, -1.0]])
+    assert ard_loss(teacher, teacher, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.tensor([[0.0, 2 * log(3)]])
+    assert ard_loss(student, HALF, temperature=2.0).item() == pytest.approx(4 * KL_HALF_QUARTER, abs=1e-6)
+
+
+def test_ard_loss_with_a_ce_term_needs_both_the_clean_logits_and_the_labels():
+    """c · CE(S(x), y) needs S(x) and y: either one alone is an error, not a silent CE-less loss."""
+    with pytest.raises(ValueError, match="student_clean"):
+        ard_loss(HALF, QUARTER, ce_weight=0.5, student_clean=HALF)
+    with pytest.raises(ValueError, match="student_clean"):
+        ard_loss(HALF, QUARTER, ce_weight=0.5, labels=torch.tensor([1]))
+
+
+def test_ard_trainer_without_ce_term_runs_the_student_once_and_continues_the_epochs_stream(pair, batch):
+    """With c = 0 (the SAAD code's ARD) the student runs on x' only, not on the clean batch (whose
+    BatchNorm update would be spurious); within an epoch successive batches draw their random
+    starts from one generator, which a new epoch reseeds."""
+    teacher, student = pair
+    x, y = batch
+    trainer = _trainer("ard", teacher)
+    x_adv, draws, generators, student_inputs = (x + 0.05).clamp(0, 1), [], [], []
+
+    def attack(model, inputs, labels, generator):
+        generators.append(generator)
+        draws.append(torch.rand(3, generator=generator))
+        return x_adv
+
+    trainer.attack = attack
+    student.eval()
+    student.register_forward_hook(lambda module, inputs, output: student_inputs.append(inputs[0]))
+    loss, _ = trainer(student, x, y, epoch=3)
+    assert len(student_inputs) == 1 and torch.equal(student_inputs[0], x_adv)
+    with torch.no_grad():
+        assert loss.item() == pytest.approx(ard_loss(student(x_adv), teacher(x)).item(), rel=1e-6)
+    trainer(student, x, y, epoch=3)
+    assert generators[1] is generators[0] and not torch.equal(draws[0], draws[1]), "the stream continues"
+    trainer(student, x, y, epoch=4)
+    assert not torch.equal(draws[2], draws[0]) and not torch.equal(draws[2], draws[1])
+
+
+def test_rslad_trainer_feeds_its_loss_the_right_tensors(pair, batch):
+    """RSLAD's loss is :func:`rslad_loss` of S(x'), S(x), T(x) with the trainer's own weight of the
+    adversarial term (here 1/2, not the default 5/6)."""
+    teacher, student = pair
+    x, y = batch
+    trainer = _trainer("rslad", teacher, adversarial_weight=0.5)
+    x_adv = (x + 0.05).clamp(0, 1)
+    trainer.ascend = lambda model, inputs, objective, epoch: x_adv
+    student.eval()
+    loss, logits = trainer(student, x, y, epoch=0)
+    with torch.no_grad():
+        expected = rslad_loss(student(x_adv), student(x), teacher(x), 0.5)
+        assert torch.allclose(logits, student(x_adv))
+        assert expected.item() != pytest.approx(rslad_loss(student(x_adv), student(x), teacher(x)).item(), rel=1e-3)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_igdm_trainer_adds_the_ramped_igdm_term(pair, batch):
+    """IGDM's loss is AdaAD's KL(T(x') ‖ S(x')) + r · IGDM(T(x±δ), S(x±δ)), r = α · epoch / epochs with
+    the epoch counted from 1: α = 2 in epoch 1 of 4 gives r = 1/2."""
+    teacher, student = pair
+    x, y = batch
+    trainer = _trainer("igdm", teacher, igdm_weight=2.0)
+    x_adv = 1 - x  # far outside the ball: the untrained models' central differences are then visible
+    trainer.ascend_adaptive = lambda model, inputs, epoch: x_adv
+    student.eval()
+    loss, logits = trainer(student, x, y, epoch=0)
+    x_minus = 2 * x - x_adv
+    with torch.no_grad():
+        matching = igdm_term(teacher(x_adv), teacher(x_minus), student(x_adv), student(x_minus)).mean()
+        expected = adaad_loss(student(x_adv), teacher(x_adv)) + 0.5 * matching
+        assert torch.allclose(logits, student(x_adv))
+    assert matching.item() > 1e-4
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainers_default_seed_is_zero_like_every_attacks(name):
+    """Built without a seed, a trainer draws its random starts from seed 0, as every attack does."""
+    trainer = defenses.build(name, teacher=models.build("small_cnn", 10, 1, width=2),
+                             **({"epochs": 200} if name in ("igdm", "saad") else {}))
+    assert trainer.seed == 0
