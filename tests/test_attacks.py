@@ -440,3 +440,280 @@ def test_report_table_and_printout_by_hand():
     assert all(value != value for value in empty.accuracies.values())  # nan: nothing was measured
 
 
+
+
+# --- robust_accuracy refuses attacks that leave the threat model ---------------------------------------------
+
+def linear_4x4(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A linear 3-class model on 1×4×4 images and a batch it classifies correctly (labels = its predictions)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+class Returns(attacks.Attack):
+    """A stand-in attack that returns ``output(x)`` and declares the attributes it is given (eps, norm)."""
+
+    def __init__(self, output, **declared) -> None:
+        super().__init__()
+        self.output = output
+        for key, value in declared.items():
+            setattr(self, key, value)
+
+    def perturb(self, model, x, y, generator):
+        return self.output(x)
+
+
+@pytest.mark.parametrize("output, problem", [
+    (lambda x: x[:, :, :2], "returned shape"),
+    (lambda x: torch.full_like(x, -0.01), "returned pixels outside"),  # below 0, none above 1
+    (lambda x: torch.full_like(x, 1.01), "returned pixels outside"),   # above 1, none below 0
+])
+def test_robust_accuracy_refuses_a_broken_attack_by_name(output, problem):
+    """A wrong shape, or pixels outside [0, 1] by more than RANGE_TOLERANCE on *either* side, would
+    report fake successes: robust_accuracy raises and names the attack."""
+    model, x, y = linear_4x4()
+
+    with pytest.raises(RuntimeError, match=f"attack 'broken' {problem}"):
+        robust_accuracy(model, x, y, {"broken": Returns(output)})
+
+
+def test_robust_accuracy_accepts_pixels_exactly_at_the_range_tolerance():
+    """The range check is strict: min = −RANGE_TOLERANCE and max = 1 + RANGE_TOLERANCE (float rounding
+    of x ± ε) are still accepted, in the dtype the attack returns."""
+    from advlib.attacks.primitives import RANGE_TOLERANCE
+
+    model, x, y = linear_4x4()
+    edges = torch.zeros_like(x)
+    edges[:, :, 0, 0], edges[:, :, 0, 1] = -RANGE_TOLERANCE, 1 + RANGE_TOLERANCE
+    report = robust_accuracy(model, x, y, {"edges": Returns(lambda x: edges)})
+    assert report.attacked["edges"] == len(x)
+
+
+def test_robust_accuracy_checks_the_linf_ball_of_linf_attacks_only():
+    """‖δ‖∞ may exceed ε by EPS_TOLERANCE at most for an L∞ attack: one that says norm = "Linf", or
+    says no norm at all (the library's default threat model). An attack with norm = "L2" declares an
+    L2 radius, which this check does not measure."""
+    model, x, y = linear_4x4()
+    x = x * 0.5  # room to move up by 0.2 inside [0, 1]
+    for declared in ({"eps": 0.1, "norm": "Linf"}, {"eps": 0.1}):
+        with pytest.raises(RuntimeError, match="attack 'broken' left its L∞ ball"):
+            robust_accuracy(model, x, y, {"broken": Returns(lambda x: x + 0.2, **declared)})
+    report = robust_accuracy(model, x, y, {"l2": Returns(lambda x: x + 0.2, eps=0.1, norm="L2")})
+    assert report.attacked["l2"] == len(x)
+
+
+def test_robust_accuracy_accepts_an_overshoot_of_exactly_eps_tolerance():
+    """The ball check is strict too: ‖δ‖∞ − ε = EPS_TOLERANCE exactly passes. With δ = 2⁻¹⁹ and
+    ε = 2⁻¹⁹ − 10⁻⁶ the subtraction is exact in float64 (Sterbenz), so the overshoot is exactly 10⁻⁶."""
+    from advlib.evaluation.robustness import EPS_TOLERANCE
+
+    delta, eps = 2.0 ** -19, 2.0 ** -19 - EPS_TOLERANCE
+    assert delta - eps == EPS_TOLERANCE
+    model = linear_4x4()[0].double()
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    report = robust_accuracy(model, x, y, {"edge": Returns(lambda x: x + delta, eps=eps)})
+    assert report.attacked["edge"] == 1
+    with pytest.raises(RuntimeError, match="left its L∞ ball"):
+        robust_accuracy(model, x, y, {"edge": Returns(lambda x: x + 2 * delta, eps=eps)})
+
+
+def test_robust_accuracy_shares_one_generator_across_an_attacks_batches():
+    """Each attack draws from one generator seeded by its ``seed`` and shared by its batches: the kept
+    adversarial examples equal the attack called batch by batch with that one generator (a fresh
+    generator per batch would give every batch the same random start)."""
+    model, x, y = linear_4x4()
+    pgd = attacks.build("pgd", eps=0.1, alpha=0.02, steps=1, seed=3)
+    report = robust_accuracy(model, x, y, {"pgd": pgd}, batch_size=2, keep_adversarial=("pgd",))
+    generator = torch.Generator().manual_seed(3)
+    expected = torch.cat([pgd(model, x[i:i + 2], y[i:i + 2], generator=generator) for i in range(0, 5, 2)])
+    assert torch.equal(report.adversarial["pgd"], expected)
+
+
+def test_robust_accuracy_default_batch_is_256():
+    """With the default batch size an attack sees the images 256 at a time; for a 2-restart random
+    attack the batching changes the draws (the second restart of batch one comes before the first of
+    batch two), so the kept images equal the attack called on chunks of 256 with one generator."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(300, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    pgd = attacks.build("pgd", eps=0.01, alpha=0.01, steps=1, restarts=2, seed=2)
+    report = robust_accuracy(model, x, y, {"pgd": pgd}, keep_adversarial=("pgd",))
+    generator = torch.Generator().manual_seed(2)
+    expected = torch.cat([pgd(model, x[:256], y[:256], generator=generator),
+                          pgd(model, x[256:], y[256:], generator=generator)])
+    assert torch.equal(report.adversarial["pgd"], expected)
+
+
+def test_robust_accuracy_report_keeps_cascade_named_attacks_and_seconds():
+    """The report says how it was run: ``cascade`` as passed (its printout reads "after" an attack in a
+    cascade, "under" it otherwise), only the attacks named in ``keep_adversarial``, and per attack the
+    wall time it took (between 0 and the time of the whole call)."""
+    import time
+
+    model, x, y = linear_4x4()
+    identity = {"a": Returns(lambda x: x), "b": Returns(lambda x: x)}
+    for cascade, word in ((True, "after"), (False, "under")):
+        started = time.perf_counter()
+        report = robust_accuracy(model, x, y, identity, cascade=cascade, keep_adversarial=("a",))
+        elapsed = time.perf_counter() - started
+        assert report.cascade is cascade
+        assert str(report).splitlines()[2].startswith(f"{word} a ")
+        assert set(report.adversarial) == {"a"}
+        assert all(0 <= seconds <= elapsed for seconds in report.seconds.values())
+    assert robust_accuracy(model, x, y, identity).adversarial == {}
+
+
+# --- CW-∞ and the attacks' printout ---------------------------------------------------------------------------
+
+def test_cw_linf_does_not_count_a_tie_as_fooled():
+    """CW-∞ keeps the first iterate with max_{i≠y} Z_i − Z_y > 0, strictly (a tie leaves argmax on the
+    true class). z₀ = 0 and z₁ = Σx − 8 tie at x = 0.5; one step of α = 0.05 along sign ∇(z₁ − z₀) = +1
+    gives x = 0.55, z₁ = 0.8 > 0: that, not the tied start, is the result."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    nn.init.zeros_(model[1].weight), nn.init.zeros_(model[1].bias)
+    with torch.no_grad():
+        model[1].weight[1] = 1.0
+        model[1].bias[1] = -8.0
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    x_adv = attacks.build("cw-linf", eps=0.1, alpha=0.05, steps=1, random_start=False)(model, x, y)
+    assert torch.allclose(x_adv, torch.full_like(x, 0.55))
+
+
+def test_cw_linf_seed_defaults_to_zero():
+    """Like every attack, CW-∞ draws its random start from a generator seeded by ``seed``, 0 unless
+    given: an unseeded attack reproduces seed = 0 (and the seed does matter: seed = 1 differs)."""
+    model, x, y = linear_4x4()
+    run = lambda **seed: attacks.build("cw-linf", eps=0.1, alpha=0.02, steps=1, **seed)(model, x, y)  # noqa: E731
+    assert torch.equal(run(), run(seed=0))
+    assert not torch.equal(run(), run(seed=1))
+
+
+def test_attack_repr_shows_its_public_settings():
+    """repr(attack) is ``ClassName(setting=value, ...)`` over the public attributes, in the order they
+    were set; private ones (a leading underscore) are left out."""
+    class Probe(attacks.Attack):
+        def __init__(self) -> None:
+            super().__init__(seed=4)
+            self.eps, self._cache = 0.1, "private"
+
+    assert repr(Probe()) == "Probe(seed=4, bn_mode='eval', eps=0.1)"
+    pgd = repr(attacks.build("pgd", eps=0.1))
+    assert pgd.startswith("PGD(") and "eps=0.1" in pgd and "(_" not in pgd and ", _" not in pgd
+
+
+# --- worst case over restarts, with scripted runs -------------------------------------------------------------
+
+class PixelLogits(nn.Module):
+    """Logits = the first three pixels of a 1×4×4 image; the other pixels are ignored."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)[:, :3]
+
+
+def logit_images(*rows: tuple[float, float, float], ignored: float = 0.0) -> torch.Tensor:
+    """1×4×4 images whose first three pixels are the given logits and whose fourth is ``ignored``."""
+    images = torch.zeros(len(rows), 1, 4, 4)
+    images.view(len(rows), 16)[:, :3] = torch.tensor(rows)
+    images.view(len(rows), 16)[:, 3] = ignored
+    return images
+
+
+def scripted_run(*outputs: torch.Tensor):
+    """A stand-in for ``run(x, y)``: call k returns ``outputs[k]``; ``calls`` records the batch sizes."""
+    calls: list[int] = []
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return outputs[len(calls) - 1]
+    return run, calls
+
+
+def test_worst_case_keeps_the_first_run_that_fools_and_stops_when_all_are_fooled():
+    """The first misclassifying run is kept; once no example is left unfooled, no further run is made
+    (a second fooling run would otherwise replace it)."""
+    from advlib.attacks.primitives import worst_case_over_restarts
+
+    x, y = logit_images((0.9, 0.1, 0.1)), torch.tensor([0])
+    first, second = logit_images((0.1, 0.9, 0.1)), logit_images((0.1, 0.1, 0.9))
+    run, calls = scripted_run(first, second, second)
+    assert torch.equal(worst_case_over_restarts(run, PixelLogits(), x, y, restarts=3), first)
+    assert calls == [1]
+
+
+def test_worst_case_keeps_the_highest_loss_run_when_none_fools():
+    """Two restarts, no run fooling: each example keeps its run of highest cross-entropy, whether that
+    is the first run (example 1) or the second (example 0), and never the clean image."""
+    from advlib.attacks.primitives import worst_case_over_restarts
+
+    x, y = logit_images((0.9, 0.1, 0.1), (0.9, 0.1, 0.1)), torch.tensor([0, 0])
+    low, high = (0.9, 0.2, 0.1), (0.9, 0.6, 0.1)  # y = 0: a larger z₁ is a larger CE, still z₀ wins
+    run, calls = scripted_run(logit_images(low, high), logit_images(high, low))
+    best = worst_case_over_restarts(run, PixelLogits(), x, y, restarts=2)
+    assert torch.equal(best, logit_images(high, high))
+    assert calls == [2, 2]
+
+
+def test_worst_case_keeps_the_earlier_run_on_equal_loss():
+    """Only a strictly higher loss replaces the kept run: two unfooled runs with the same logits (they
+    differ in an ignored pixel) leave the first."""
+    from advlib.attacks.primitives import worst_case_over_restarts
+
+    x, y = logit_images((0.9, 0.1, 0.1)), torch.tensor([0])
+    first, second = logit_images((0.9, 0.5, 0.1), ignored=0.25), logit_images((0.9, 0.5, 0.1), ignored=0.75)
+    run, _ = scripted_run(first, second)
+    assert torch.equal(worst_case_over_restarts(run, PixelLogits(), x, y, restarts=2), first)
+
+
+# --- CW's keep-best rule, with Adam replaced by a script of iterates ------------------------------------------
+
+class ScriptedSteps:
+    """Stands in for ``torch.optim.Adam([w], lr=...)``: step k sets w to ``points[k]``, whatever the gradient."""
+
+    def __init__(self, params, points) -> None:
+        (self.w,), self.points = params, iter(points)
+
+    def step(self) -> None:
+        with torch.no_grad():
+            self.w.copy_(next(self.points))
+
+
+def cw_scripted(monkeypatch, *iterates: torch.Tensor) -> torch.Tensor:
+    """CW on x = 0.5 everywhere (w₀ = atanh(0) = 0, so its first iterate is x), label 0, on the model
+    z₀ = 0, z₁ = Σx − 8.1 (fooled once Σx > 8.1), stepping to the given iterates in turn."""
+    points = [torch.atanh(2 * image - 1) for image in iterates]
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr: ScriptedSteps(params, points))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    nn.init.zeros_(model[1].weight), nn.init.zeros_(model[1].bias)
+    with torch.no_grad():
+        model[1].weight[1] = 1.0
+        model[1].bias[1] = -8.1
+    x = torch.full((1, 1, 4, 4), 0.5)
+    return attacks.build("cw", steps=len(iterates))(model, x, torch.tensor([0]))
+
+
+def half_with(pixel: int, value: float) -> torch.Tensor:
+    image = torch.full((1, 1, 4, 4), 0.5)
+    image.view(16)[pixel] = value
+    return image
+
+
+def test_cw_keeps_the_final_iterate_when_it_is_the_closest_fooling_one(monkeypatch):
+    """Iterates x (not fooled), then one pixel at 0.8 (fooled, ‖δ‖² = 0.09), then — the final iterate,
+    checked after the last step — at 0.7 (fooled, ‖δ‖² = 0.04): the final one is the closest, and kept."""
+    best = cw_scripted(monkeypatch, half_with(0, 0.8), half_with(0, 0.7))
+    assert torch.allclose(best, half_with(0, 0.7), atol=1e-6)
+
+
+def test_cw_keeps_the_earlier_of_two_equally_close_fooling_iterates(monkeypatch):
+    """Only a strictly smaller ‖δ‖² replaces the kept iterate (torchattacks' ``best_L2 > current_L2``):
+    0.8 in pixel 0, then 0.8 in pixel 1, both fooled at the same distance, leave the first."""
+    best = cw_scripted(monkeypatch, half_with(0, 0.8), half_with(1, 0.8))
+    assert torch.allclose(best, half_with(0, 0.8), atol=1e-6)

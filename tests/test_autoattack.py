@@ -741,3 +741,114 @@ def test_rand_version_runs_eot_on_a_randomised_model(tiny_model):
     assert [name for name, _ in result.breakdown] == ["apgd-ce", "apgd-dlr"]
     assert not any(flag.startswith("randomised") for flag in result.flags)  # that is what "rand" is for
     assert (result.x_adv - x).abs().max() <= 0.05 + 1e-6
+
+
+# ---------------------------------------------------------------- losses, projection and run() by hand
+
+def test_dlr_by_hand():
+    """DLR loss (Croce & Hein 2020, Eq. 5): −(z_y − max_{i≠y} z_i)/(z_π1 − z_π3), π sorting the logits
+    of each example decreasingly. z = (3, 1, 0, −1), y = 1: −(1 − 3)/(3 − 0) = 2/3; z = (0, 4, 2, 1),
+    y = 1: −(4 − 2)/(4 − 1) = −2/3."""
+    from advlib.attacks.apgd import dlr
+
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0], [0.0, 4.0, 2.0, 1.0]])
+    y = torch.tensor([1, 1])
+    assert torch.allclose(dlr(logits, y, y), torch.tensor([2 / 3, -2 / 3]))
+
+
+def test_dlr_is_positive_for_a_misclassified_point_even_when_the_top_logits_tie():
+    """−margin / (z_π1 − z_π3) is > 0 exactly when the point is misclassified; the 1e-12 added to the
+    denominator keeps it positive when z_π1 = z_π3. z = (1, 1, 1, 0), y = 3: margin −1, denominator
+    0 + 1e-12, DLR = 1e12 > 0 (a ceiling for the loss, not a sign flip)."""
+    from advlib.attacks.apgd import dlr
+
+    y = torch.tensor([3])
+    value = dlr(torch.tensor([[1.0, 1.0, 1.0, 0.0]]), y, y)
+    assert value.item() == pytest.approx(1e12, rel=1e-6)
+
+
+def test_project_l2_leaves_a_tiny_perturbation_alone():
+    """Inside the L2 ball the projection is the identity, however small ‖δ‖₂: the 1e-12 that guards
+    the division ε/‖δ‖₂ must not flip the scale for ‖δ‖₂ = 1e-13 (float64, so δ is exact)."""
+    from advlib.attacks.primitives import project_l2
+
+    x = torch.full((1, 1, 2, 2), 0.5, dtype=torch.float64)
+    x_adv = x.clone()
+    x_adv[0, 0, 0, 0] += 1e-13
+    assert torch.equal(project_l2(x_adv, x, 0.9), x_adv)
+
+
+def test_run_draws_from_the_generator_it_is_given(tiny_model):
+    """``run(..., generator=g)`` draws its random starts from ``g`` instead of a fresh generator seeded
+    by ``seed``: seed 5 with a generator seeded 7 gives what seed 7 gives, and not what seed 5 gives."""
+    x, y = random_batch(6, seed=1)
+    with torch.no_grad():
+        y = tiny_model(x).argmax(1)  # every image attacked
+    build = lambda seed: attacks.build("autoattack", eps=0.1, seed=seed, iterations=3,  # noqa: E731
+                                       n_target_classes=2, square_queries=10)
+    given_seven = build(5).run(tiny_model, x, y, generator=torch.Generator().manual_seed(7)).x_adv
+    assert torch.equal(given_seven, build(7).run(tiny_model, x, y).x_adv)
+    assert not torch.equal(given_seven, build(5).run(tiny_model, x, y).x_adv)
+
+
+@pytest.mark.filterwarnings("ignore:AutoAttack")
+def test_run_attacks_500_images_at_a_time_by_default():
+    """``run`` feeds each attack at most ``batch_size`` (default 500) images at a time, and one
+    generator serves all batches, so the batching shows in the result once a random attack sees more
+    than one batch: on a quantised model (zero gradients) Square does the work, drawing its windows
+    per iteration for the whole batch, and the default equals batch_size=500, not 501."""
+    model = Quantised().eval()
+    x = torch.rand(1000, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    aa = attacks.build("autoattack", eps=0.05, iterations=1, n_target_classes=1, square_queries=20)
+    result = aa.run(model, x, y)
+    assert result.breakdown[-2][1] * len(x) > 500, "more than one batch of survivors reaches Square"
+    assert torch.equal(result.x_adv, aa.run(model, x, y, batch_size=500).x_adv)
+    assert not torch.equal(result.x_adv, aa.run(model, x, y, batch_size=501).x_adv)
+
+
+@pytest.mark.parametrize("budget", ["iterations", "square_queries", "n_target_classes"])
+def test_autoattack_rejects_a_bad_budget_by_name(budget):
+    """The budgets are checked when AutoAttack is built, not when an attack inside it first runs."""
+    with pytest.raises(ValueError, match=f"{budget} must be a positive integer"):
+        attacks.build("autoattack", **{budget: 0})
+
+
+def test_autoattack_keeps_its_seed():
+    """``seed`` reaches the Attack base class, which seeds the generator of every call: 0 by default."""
+    assert attacks.build("autoattack").seed == 0
+    assert attacks.build("autoattack", seed=7).seed == 7
+
+
+def test_softmax_flag_at_its_tolerance_edges():
+    """The reference's check_range_output: max < 1 + tol, min > −tol and every |row sum − 1| < tol, all
+    strict. With tol = 0.25 (exact in binary) each row below sits exactly on one edge, or beyond it
+    while inside the others, and is not flagged; the last rows are inside all three."""
+    flag = lambda rows: _checks.flag_softmax(torch.tensor(rows), tolerance=0.25)  # noqa: E731
+    assert flag([[0.5, 0.75]]) is None                        # |sum − 1| = tol
+    assert flag([[1.25, -0.125]]) is None                     # max = 1 + tol
+    assert flag([[1.5, -0.125, -0.125, -0.125, -0.125]]) is None  # max > 1 + tol, sum 1, min > −tol
+    assert flag([[-0.25, 0.75, 0.5]]) is None                 # min = −tol
+    assert flag([[0.5, 0.625], [1.125, -0.125]]) is not None  # sums 1.125 and 1, max 1.125, min −0.125
+    assert flag([[-0.125, 0.75, 0.375]]) is not None
+
+
+def test_softmax_flag_sums_over_the_last_dimension():
+    """Rows are the last dimension (the reference sums ``output.sum(-1)``): per-position probabilities of shape (1, 2, 2) are flagged, though
+    their sums over dimension 1 (0.75 and 1.25) are not 1."""
+    assert _checks.flag_softmax(torch.tensor([[[0.25, 0.75], [0.5, 0.5]]])) is not None
+
+
+def test_square_flag_at_its_tolerance_edge():
+    """Square is flagged when its robust accuracy is below the best white-box one by *more* than the
+    tolerance (the reference's strict comparison): 0.75 − 0.5 = 0.25 = tol is not flagged, 0.375 is."""
+    assert _checks.flag_square_beats_white_box([("apgd-ce", 0.75), ("square", 0.5)], tolerance=0.25) is None
+    assert _checks.flag_square_beats_white_box([("apgd-ce", 0.75), ("square", 0.375)], tolerance=0.25) is not None
+
+
+def test_targets_flag_at_its_edge():
+    """APGD-T needs targets + 1 ≤ classes (the true class is never a target): 9 targets with 10 classes
+    pass, 10 do not."""
+    assert _checks.flag_targets(10, ["apgd-t"], 9, 9) is None
+    assert _checks.flag_targets(10, ["apgd-t"], 10, 9) is not None
