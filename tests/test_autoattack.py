@@ -558,8 +558,24 @@ def test_zero_gradients_and_square_beating_white_box_are_flagged():
     x, y = random_batch(8, seed=1)
     with pytest.warns(UserWarning):
         result = attacks.build("autoattack", eps=0.2).run(Quantised(), x, y)
-    assert any(flag.startswith("zero gradients") for flag in result.flags)
+    assert any(flag.startswith("zero gradients") and " in the DLR-loss attacks;" in flag for flag in result.flags)
     assert any(flag.startswith("Square beats the white-box attacks") for flag in result.flags)
+
+
+def test_zero_gradients_are_looked_for_in_the_dlr_losses_only():
+    """As the reference does: a confidently correct linear model saturates the softmax, so APGD-CE
+    sees exactly zero gradients, while the DLR losses (ratios of logit differences) do not; nothing
+    is masked, and nothing is flagged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    with torch.no_grad():
+        model[1].weight.mul_(1000)
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    z = x[:1].clone().requires_grad_(True)
+    assert torch.autograd.grad(F.cross_entropy(model(z), y[:1]), z)[0].abs().max() == 0, "CE saturates"
+    autoattack = attacks.build("autoattack", eps=1e-3, iterations=2, square_queries=2, n_target_classes=2)
+    assert autoattack.run(model, x, y).flags == []
 
 
 def reference_warns(check, *args, **kwargs) -> bool:
@@ -852,3 +868,66 @@ def test_targets_flag_at_its_edge():
     pass, 10 do not."""
     assert _checks.flag_targets(10, ["apgd-t"], 9, 9) is None
     assert _checks.flag_targets(10, ["apgd-t"], 10, 9) is not None
+
+
+class Scripted(nn.Module):
+    """Returns the given logits in turn, one set per forward pass (a model whose passes differ)."""
+
+    def __init__(self, *outputs: list[list[float]]) -> None:
+        super().__init__()
+        self.outputs, self.calls = [torch.tensor(o) for o in outputs], 0
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.outputs[(self.calls - 1) % len(self.outputs)]
+
+
+def test_randomised_flag_measures_each_rows_change_and_counts_per_row_predictions():
+    """The reference's check: the largest change of one example's normalised logits (not of the whole
+    batch's), and the number of correct predictions per pass, each row by its own argmax. Rows
+    whose normalised logits move by 0.8 × the tolerance each are not flagged (the batch as a whole
+    moves by 1.13 ×); a near-tie that flips one row's prediction is; a near-tie between two rows'
+    maxima, which flips no row's prediction, is not."""
+    x, y = torch.zeros(2, 1, 2, 2), torch.tensor([0, 1])
+    step = 0.4e-4  # [1, step] and [1, -step] lie 0.8e-4 apart (after normalising, to within 1e-9)
+    small = Scripted([[1.0, step], [-step, 1.0]], [[1.0, -step], [step, 1.0]])
+    assert _checks.flag_randomized(small, x, y) is None
+    flips = Scripted([[5.0, 0.0], [5.0, 5.0 + 1e-6]], [[5.0, 0.0], [5.0 + 1e-6, 5.0]])
+    assert _checks.flag_randomized(flips, x, y) is not None
+    rows_tie = Scripted([[5.0, 0.0], [0.0, 5.0 + 1e-6]], [[5.0 + 1e-6, 0.0], [0.0, 5.0]])
+    assert _checks.flag_randomized(rows_tie, x, y) is None
+
+
+def test_autoattack_flags_a_dynamic_defence_and_is_quiet_by_default():
+    x, y = random_batch()
+    autoattack = attacks.build("autoattack", eps=0.03)
+    model = GradientStepDefence()
+    flags = autoattack._model_flags(model, x, y, model(x).detach())
+    assert any(flag.startswith("autograd inside forward") for flag in flags)
+    assert autoattack.verbose is False
+
+
+def test_awp_default_gamma_is_wu_et_al_s_and_zero_switches_it_off():
+    """Wu et al. (2020), Sec. 5: γ = 5 × 10⁻³ for CIFAR-10; γ = 0 is plain training, not an error."""
+    from advlib.defenses.awp import AdversarialWeightPerturbation
+
+    assert AdversarialWeightPerturbation().gamma == 0.005
+    assert AdversarialWeightPerturbation(0.0).gamma == 0.0
+    with pytest.raises(ValueError, match="gamma"):
+        AdversarialWeightPerturbation(-0.001)
+
+
+def test_square_draws_signs_and_corners_uniformly_where_the_square_fits():
+    """Square (Andriushchenko et al. 2020, Alg. 2): signs ±1 in the image's dtype; a side-2 square's top
+    and left edges in a 5 × 6 image are uniform over the 4 rows and 5 columns where it fits."""
+    from advlib.attacks.square import Square
+
+    square, generator = Square(eps=0.1), torch.Generator().manual_seed(0)
+    signs = square._random_signs((4000,), generator, torch.zeros(1, dtype=torch.float64))
+    assert signs.dtype == torch.float64 and set(signs.tolist()) == {-1.0, 1.0}
+    assert abs(signs.mean().item()) < 0.05
+    top, left = square._square_corners(4000, 2, (5, 6), generator, torch.device("cpu"))
+    assert top.shape == left.shape == (4000, 1)
+    assert set(top.flatten().tolist()) == {0, 1, 2, 3} and set(left.flatten().tolist()) == {0, 1, 2, 3, 4}
+    assert torch.bincount(top.flatten()).min() > 900 and torch.bincount(left.flatten()).min() > 700
