@@ -931,3 +931,25 @@ def test_square_draws_signs_and_corners_uniformly_where_the_square_fits():
     assert top.shape == left.shape == (4000, 1)
     assert set(top.flatten().tolist()) == {0, 1, 2, 3} and set(left.flatten().tolist()) == {0, 1, 2, 3, 4}
     assert torch.bincount(top.flatten()).min() > 900 and torch.bincount(left.flatten()).min() > 700
+
+
+def test_square_defaults_are_autoattacks_and_p_init_is_a_fraction():
+    """AutoAttack's Square: 5000 queries and p_init = 0.8 (Andriushchenko et al. 2020, Sec. 4; the
+    reference's L∞ setting), seed 0; p_init is the fraction of pixels of the first square, in (0, 1]."""
+    from advlib.attacks.square import Square
+
+    square = Square()
+    assert (square.n_queries, square.p_init, square.seed) == (5000, 0.8, 0)
+    assert Square(p_init=1.0).p_init == 1.0
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="p_init"):
+            Square(p_init=bad)
+
+
+def test_apgd_attacks_a_batch_of_one():
+    """A single image is attacked like any batch: a linear model at a budget that reaches the boundary."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x, _ = random_batch(1)
+    y = model(x).argmax(1)
+    x_adv = attacks.build("apgd-ce", eps=0.5, n_iter=5)(model, x, y)
+    assert model(x_adv).argmax(1).item() != y.item()
