@@ -805,3 +805,36 @@ def test_dynat_continues_the_epochs_random_stream_from_batch_to_batch(monkeypatc
     for epoch in (0, 0, 1):
         trainer(pair, x, y, epoch)
     assert generators[1] is generators[0] and generators[2] is not generators[0]
+
+
+def test_dynat_defaults_are_the_paper_profiles_and_reach_their_components(monkeypatch):
+    """Built without options, DYNAT is the paper profile's (seed 002, Sec. 4.1; the authors' code,
+    notes §3): x' by 10 steps of 0.007 in the ε = 0.031 ball (Eq. 7), S in eval mode; label weight
+    w = 1 in CE(G(x), y) + w · CE(S(x'), argmax G(x)) (Eq. 4–6); seed 0; the clean BatchNorm pass on."""
+    from advlib.defenses import dynat
+    spec = config.PROFILES["paper"]["adversarial_training"]
+    trainer = defenses.build("dynat")
+    assert (trainer.eps, trainer.alpha, trainer.steps) == (spec["train_attack"]["eps"], 0.007,
+                                                           spec["train_attack"]["steps"]) == (0.031, 0.007, 10)
+    assert trainer.label_weight == spec["dynat"]["label_weight"] == 1.0
+    assert (trainer.inner, trainer.bn_mode, trainer.seed, trainer.target_clean_pass) == ("dynamic", "eval", 0, True)
+    crafted, outer = [], []
+    monkeypatch.setattr(dynat, "maximize_linf", lambda t, x, loss, **kw: crafted.append(kw) or x)
+    real_outer = dynat.dynat_loss
+    monkeypatch.setattr(dynat, "dynat_loss", lambda *a: outer.append(a[3:]) or real_outer(*a))
+    x, y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([1, 0])
+    trainer(GuideAndTarget(ConstantGuide(), SumOfPixels(1.0)), x, y, 0)
+    [kw] = crafted
+    assert (kw["eps"], kw["alpha"], kw["steps"]) == (0.031, 0.007, 10) and outer == [(1.0,)]
+    assert kw["generator"] is trainer.generator(x.device, 0)
+
+
+def test_label_agreement_sums_every_batch_of_the_epoch():
+    """The "weak to strong" curve (seed 002, Fig. 1) counts all of an epoch's dynamic labels: the
+    guide always says 1, so batches with y = (1, 0) and y = (1, 1) agree on 3 of 4 labels."""
+    pair = GuideAndTarget(ConstantGuide(), SumOfPixels(1.0))
+    x = torch.full((2, 1, 2, 2), 0.5)
+    trainer = defenses.build("dynat", eps=0.03, alpha=0.01, steps=1)
+    trainer(pair, x, torch.tensor([1, 0]), 0)
+    trainer(pair, x, torch.tensor([1, 1]), 0)
+    assert trainer.epoch_statistics() == {"label_agreement": 0.75}

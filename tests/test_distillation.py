@@ -567,3 +567,103 @@ def test_trainers_default_seed_is_zero_like_every_attacks(name):
     trainer = defenses.build(name, teacher=models.build("small_cnn", 10, 1, width=2),
                              **({"epochs": 200} if name in ("igdm", "saad") else {}))
     assert trainer.seed == 0
+
+
+def test_igdm_term_matches_differences_not_sums_by_hand():
+    """IGDM's term (Lee, Cho & Kim 2025; SAAD notes §2) compares the central differences
+    T(x+δ) − T(x−δ) = (0, ln 3) − (0, −ln 3) = (0, 2 ln 3), softmax (1/10, 9/10), with the student's
+    S(x+δ) − S(x−δ) = 0, softmax (1/2, 1/2). The sum T(x+δ) + T(x−δ) = 0 would give KL 0."""
+    value = igdm_term(QUARTER, -QUARTER, HALF, HALF)
+    assert value.item() == pytest.approx(0.1 * log(0.1 / 0.5) + 0.9 * log(0.9 / 0.5), abs=1e-6)
+
+
+def test_saad_loss_with_renyi_order_two_and_its_own_weight_scale_by_hand():
+    """SAAD (Lee & Chung 2026) with Rényi order γ = 2 and scale 2: H_2(p) = −log Σ p_k², so
+    H_2(1/2, 1/2) = ln 2 and H_2(1/4, 3/4) = −ln(10/16) = ln 1.6; w = 2 · (H − min H) = (2 ln 1.25, 0)
+    (Shannon's entropy or the default scale 5 would give other weights)."""
+    teacher_plus = torch.cat([HALF, QUARTER])
+    student_plus = torch.cat([QUARTER, QUARTER])
+    loss, weights = saad_loss(teacher_plus, teacher_plus, QUARTER.repeat(2, 1), student_plus, student_plus,
+                              torch.cat([HALF, HALF]), igdm_weight=1.0, renyi_order=2.0, weight_scale=2.0)
+    w1 = 2 * log(1.25)
+    assert weights.tolist() == pytest.approx([w1, 0.0], abs=1e-6)
+    assert loss.item() == pytest.approx(w1 * KL_HALF_QUARTER / 2, abs=1e-6)
+
+
+def test_linearised_teacher_keeps_the_logits_dtype_under_a_double_gradient():
+    """z̃_y = T(x)_y + λ · ⟨∇ₓ T(x)_y, δ⟩ (SAAD, notes §2) in the dtype of T(x): a gradient and δ of
+    another dtype (here float64 images) only supply the correction ⟨g, δ⟩ = 0.5 − 0.5 + 0 − 0.5 = −0.5."""
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    gradient = torch.tensor([[1.0, -2.0, 0.0, 4.0]], dtype=torch.float64).view(1, 1, 2, 2)
+    delta = torch.tensor([[0.5, 0.25, 0.0, -0.125]], dtype=torch.float64).view(1, 1, 2, 2)
+    target = linearised_teacher_logits(logits, gradient, delta, torch.tensor([1]), lam=1.0)
+    assert target.dtype == torch.float32
+    assert target.tolist()[0] == pytest.approx([1.0, 1.5, 3.0])
+
+
+def _sharp_linear_teacher() -> nn.Module:
+    """A linear teacher with logits of a few units: its entropies and input gradients differ visibly
+    from sample to sample (an untrained CNN's are all near uniform)."""
+    torch.manual_seed(1)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(1024, 10))
+    with torch.no_grad():
+        teacher[1].weight.mul_(10)
+    return teacher
+
+
+def test_saad_inner_objective_uses_lambda_and_the_perturbation_delta(pair, batch):
+    """SAAD's inner step ascends KL(z̃(x') ‖ S(x')) with z̃ linearised along δ = x' − x and scaled
+    by the trainer's λ (notes §2): the objective it hands to the ascent is exactly that, here λ = 2."""
+    _, student = pair
+    x, y = batch
+    trainer = _trainer("saad", _sharp_linear_teacher(), lam=2.0)
+    objectives = []
+    trainer.ascend = lambda model, inputs, objective, epoch: objectives.append(objective) or inputs
+    student.eval()
+    _, teacher_clean, gradient = trainer.inner_maximisation(student, x, y, epoch=0)
+    [objective] = objectives
+    x_adv = x + 0.05
+    with torch.no_grad():
+        value = objective(x_adv)
+        expected = kl_per_sample(linearised_teacher_logits(teacher_clean, gradient, x_adv - x, y, 2.0),
+                                 student(x_adv)).sum()
+        with_lambda_one = kl_per_sample(linearised_teacher_logits(teacher_clean, gradient, x_adv - x, y, 1.0),
+                                        student(x_adv)).sum()
+    assert abs(expected.item() - with_lambda_one.item()) > 1e-3
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_saad_trainer_feeds_its_loss_the_right_tensors(pair, batch):
+    """SAAD's trainer (Lee & Chung 2026, notes §2): the loss is :func:`saad_loss` of T(x±δ), T(x),
+    S(x±δ), S(x) with the ramp r = α · 1/4 in epoch 1 of 4 (α = 2: r = 1/2) and the trainer's own
+    β, Rényi order and weight scale (none of them the defaults)."""
+    _, student = pair
+    x, y = batch
+    teacher = _sharp_linear_teacher()
+    trainer = _trainer("saad", teacher, igdm_weight=2.0, clean_weight=0.5, renyi_order=2.0, weight_scale=3.0)
+    x_adv = 1 - x  # far outside the ball: the untrained models' differences are then visible
+    with torch.no_grad():
+        teacher_clean = teacher(x)
+    trainer.inner_maximisation = lambda model, inputs, labels, epoch: (x_adv, teacher_clean, None)
+    student.eval()
+    loss, logits = trainer(student, x, y, epoch=0)
+    x_minus = 2 * x - x_adv
+    with torch.no_grad():
+        expected, weights = saad_loss(teacher(x_adv), teacher(x_minus), teacher_clean, student(x_adv),
+                                      student(x_minus), student(x), 0.5, 0.5, 2.0, 3.0)
+        assert torch.allclose(logits, student(x_adv))
+    assert weights.max().item() > 0.5
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_distillation_ascent_starts_continue_the_epochs_stream(pair):
+    """The inner maximisation starts at x + 0.001·N(0, I) (notes §2); within an epoch successive
+    batches draw from one generator, so two batches get different starts. With a flat objective
+    (zero gradient, sign 0) x' is its start."""
+    teacher, student = pair
+    trainer = _trainer("rslad", teacher)
+    x = torch.full((2, 1, 4, 4), 0.5)
+    flat = lambda x_adv: (0 * x_adv).sum()  # noqa: E731
+    first, second = (trainer.ascend(student, x, flat, epoch=0) for _ in range(2))
+    assert 0 < (first - x).abs().max() < 0.01 and 0 < (second - x).abs().max() < 0.01
+    assert not torch.equal(first, second), "the stream continues"
