@@ -953,3 +953,59 @@ def test_apgd_attacks_a_batch_of_one():
     y = model(x).argmax(1)
     x_adv = attacks.build("apgd-ce", eps=0.5, n_iter=5)(model, x, y)
     assert model(x_adv).argmax(1).item() != y.item()
+
+
+def test_apgd_checkpoint_review_by_hand():
+    """APGD's step-size rule at a checkpoint (Croce & Hein 2020, Sec. 3.2): halve η and restart from
+    x_max when (1) fewer than ρ·(w_j − w_{j−1}) of the steps since the last checkpoint raised the
+    loss, or (2) η was not halved at the last checkpoint and the best loss has not improved since.
+    Four rows: oscillating (1 rise < 2); stalled (no rise in the best loss, not halved before); the
+    same but halved at the last checkpoint (kept); improving with enough rises (kept)."""
+    from advlib.attacks.apgd import _review_step_size
+
+    rows = torch.arange(4, dtype=torch.float32)
+    s = {"rises": torch.tensor([1.0, 2.0, 2.0, 3.0]), "halved_at_checkpoint": torch.tensor([False, False, True, False]),
+         "loss_best": torch.tensor([5.0, 4.0, 4.0, 6.0]), "best_at_checkpoint": torch.tensor([4.0, 4.0, 4.0, 5.0]),
+         "step": torch.full((4, 1, 1, 1), 0.2), "x_adv": rows.view(4, 1, 1, 1) + 0.5,
+         "x_best": rows.view(4, 1, 1, 1), "grad": torch.ones(4, 1, 1, 1), "grad_best": -torch.ones(4, 1, 1, 1),
+         "loss": torch.tensor([1.0, 2.0, 3.0, 4.0])}
+    _review_step_size(s, min_rises=2.0)
+    halved = torch.tensor([True, True, False, False])
+    assert torch.equal(s["halved_at_checkpoint"], halved)
+    assert torch.allclose(s["step"].flatten(), torch.tensor([0.1, 0.1, 0.2, 0.2]))
+    assert torch.equal(s["x_adv"].flatten(), torch.tensor([0.0, 1.0, 2.5, 3.5]))
+    assert torch.equal(s["grad"].flatten(), torch.tensor([-1.0, -1.0, 1.0, 1.0]))
+    assert torch.equal(s["loss"], torch.tensor([5.0, 4.0, 3.0, 4.0]))
+    assert torch.equal(s["best_at_checkpoint"], torch.tensor([5.0, 4.0, 4.0, 6.0]))
+    assert torch.equal(s["rises"], torch.zeros(4))
+
+
+def test_targeted_dlr_by_hand():
+    """Croce & Hein 2020, Sec. 4: −(z_y − z_t)/(z_π1 − (z_π3 + z_π4)/2). z = (3, 1, 0, −1, −2), y = 1,
+    t = 2: −1/3.5. When the four largest logits tie the denominator is 1e-12, so an image whose
+    true logit is below the target's gets a large positive loss, not a negative one."""
+    from advlib.attacks.apgd import targeted_dlr
+
+    logits = torch.tensor([[3.0, 1.0, 0.0, -1.0, -2.0], [1.0, 1.0, 1.0, 1.0, 0.0]])
+    loss = targeted_dlr(logits, torch.tensor([1, 4]), torch.tensor([2, 0]))
+    assert loss[0].item() == pytest.approx(-1 / 3.5)
+    assert loss[1].item() == pytest.approx(1e12)
+
+
+def test_apgd_t_tries_every_wrong_class_it_is_asked_for_most_likely_first(monkeypatch):
+    """AutoAttack's APGD-T: 9 target classes by default, capped at the K − 1 wrong classes; each
+    example's targets are its wrong classes by clean logit, most likely first."""
+    from advlib.attacks.apgd import APGDTargeted
+
+    assert APGDTargeted().n_target_classes == 9
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3)).eval()
+    x, _ = random_batch(2)
+    ranked = model(x).argsort(1, descending=True)
+    y = ranked[:, 0]
+    attack = APGDTargeted(eps=1e-3, n_iter=2)
+    calls = []
+    monkeypatch.setattr(attack, "run_rows", lambda model, x, y, owner, target, *rest: calls.append((owner, target)))
+    attack.attack(model, x, y, torch.Generator().manual_seed(0))
+    [(owner, target)] = calls
+    assert owner.tolist() == [0, 1, 0, 1]
+    assert target.tolist() == [ranked[0, 1].item(), ranked[1, 1].item(), ranked[0, 2].item(), ranked[1, 2].item()]
