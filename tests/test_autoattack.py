@@ -1009,3 +1009,9 @@ def test_apgd_t_tries_every_wrong_class_it_is_asked_for_most_likely_first(monkey
     [(owner, target)] = calls
     assert owner.tolist() == [0, 1, 0, 1]
     assert target.tolist() == [ranked[0, 1].item(), ranked[1, 1].item(), ranked[0, 2].item(), ranked[1, 2].item()]
+
+
+def test_square_has_counted_no_queries_before_it_runs():
+    from advlib.attacks.square import Square
+
+    assert Square().queries_used is None
