@@ -1015,3 +1015,46 @@ def test_square_has_counted_no_queries_before_it_runs():
     from advlib.attacks.square import Square
 
     assert Square().queries_used is None
+
+
+def test_apgd_start_points_lie_on_the_balls_surface():
+    """APGD's random start (the reference's): x + ε·u/‖u‖ with u uniform in [−1, 1]^d for L∞ and
+    Gaussian for L2, so every start is at distance exactly ε (no clipping at x = 0.5), with pixels
+    moved both ways."""
+    from advlib.attacks.apgd import _start_points
+
+    x = torch.full((64, 1, 4, 4), 0.5)
+    linf = _start_points(x, 0.1, "Linf", torch.Generator().manual_seed(0)) - x
+    assert torch.allclose(linf.flatten(1).abs().amax(1), torch.full((64,), 0.1))
+    assert (linf > 0).any() and (linf < 0).any() and (linf.flatten(1).abs().amin(1) < 0.05).all()
+    l2 = _start_points(x, 0.1, "L2", torch.Generator().manual_seed(0)) - x
+    assert torch.allclose(l2.flatten(1).norm(dim=1), torch.full((64,), 0.1))
+    assert (l2.flatten(1).abs().amax(1) < 0.1).all()
+
+
+class Drifting(nn.Module):
+    """A linear model whose every forward pass adds one more to all its logits (a randomised model
+    whose cross-entropy and input gradient do not change, and whose logits do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.calls = nn.Linear(16, 3), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.linear(x.flatten(1)) + self.calls
+
+
+def test_apgd_eot_averages_loss_gradient_and_logits_over_its_passes():
+    """EOT (Athalye et al. 2018): the loss, its gradient and the logits are means over the passes."""
+    from advlib.attacks.apgd import _loss_gradient_logits, cross_entropy
+
+    torch.manual_seed(0)
+    model, x = Drifting(), torch.rand(2, 1, 4, 4)
+    y = torch.tensor([0, 2])
+    z = x.clone().requires_grad_(True)
+    once = cross_entropy(model.linear(z.flatten(1)), y, y)
+    gradient = torch.autograd.grad(once.sum(), z)[0]
+    loss, grad, logits = _loss_gradient_logits(model, cross_entropy, x, y, y, eot_iter=2)
+    assert torch.allclose(loss, once.detach(), atol=1e-6) and torch.allclose(grad, gradient, atol=1e-6)
+    assert torch.allclose(logits, model.linear(x.flatten(1)).detach() + 1.5, atol=1e-6)
