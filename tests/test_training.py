@@ -179,21 +179,25 @@ def test_training_summary_by_hand():
         "trained the model: 2 epochs in 3 s; last epoch: loss 0.25, train_acc 0.912")
 
 
-class TwoBatches:
-    """Five examples in batches of 3 and 2, the same every epoch."""
+class Batches:
+    """Fixed batches (x, y, *paired), the same every epoch."""
 
-    x = torch.zeros(5, 1)
-    y = torch.tensor([0, 1, 1, 0, 1])
+    def __init__(self, *batches) -> None:
+        self.batches = batches
 
     def __len__(self) -> int:
-        return 2
+        return len(self.batches)
 
     def set_epoch(self, epoch: int) -> None:
         pass
 
     def __iter__(self):
-        yield self.x[:3], self.y[:3]
-        yield self.x[3:], self.y[3:]
+        return iter(self.batches)
+
+
+def two_batches() -> Batches:
+    """Five examples in batches of 3 and 2, the same every epoch."""
+    return Batches((torch.zeros(3, 1), torch.tensor([0, 1, 1])), (torch.zeros(2, 1), torch.tensor([0, 1])))
 
 
 def test_fit_records_each_epoch_by_hand(capsys):
@@ -209,7 +213,7 @@ def test_fit_records_each_epoch_by_hand(capsys):
     def loss_fn(model, x, y, epoch):
         return (1.0 if len(y) == 3 else 4.0) + model.weight.sum(), right_on[len(y)]
 
-    history = fit(model, TwoBatches(), epochs=2, optimizer={"name": "sgd", "lr": 0.5},
+    history = fit(model, two_batches(), epochs=2, optimizer={"name": "sgd", "lr": 0.5},
                   schedule={"interpolate": "step", "points": [[0.0, 1.0], [0.5, 0.1]]}, loss_fn=loss_fn,
                   desc="by hand")
     # epoch 1: Σw = 0, then -1 (lr 0.5); epoch 2: Σw = -2, then -2.1 (lr 0.05)
@@ -239,7 +243,7 @@ def test_a_resumed_fit_runs_only_the_epochs_left(tmp_path):
             steps.append(epoch)
             return model.weight.sum() * len(y), None
 
-        history = fit(model, TwoBatches(), epochs=2, optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
+        history = fit(model, two_batches(), epochs=2, optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
                       schedule={"interpolate": "step", "points": [[0.0, 1.0]]}, loss_fn=loss_fn,
                       checkpoint=checkpoint, stop_after=stop_after)
         return model.weight.detach().clone(), history, steps
@@ -271,7 +275,7 @@ def test_fit_names_its_progress_bar_and_summary_by_epoch(monkeypatch, capsys):
     real_iterate = training.iterate
     monkeypatch.setattr(training, "iterate", lambda loader, desc: names.append(desc) or real_iterate(loader, desc))
     model = nn.Linear(1, 2, bias=False)
-    history = training.fit(model, TwoBatches(), epochs=2, optimizer={"name": "sgd", "lr": 0.1},
+    history = training.fit(model, two_batches(), epochs=2, optimizer={"name": "sgd", "lr": 0.1},
                            schedule={"points": [[0.0, 1.0]]}, loss_fn=lambda m, x, y, epoch: (m.weight.sum(), None))
     assert names == ["train 1/2", "train 2/2"]
     assert capsys.readouterr().out.startswith("train epoch 1/2: lr 0.1, train_loss ")
@@ -356,7 +360,7 @@ def test_a_checkpoint_without_optimizer_state_is_set_aside_not_half_restored(tmp
     checkpoint = tmp_path / "run.partial.pt"
     model = nn.Linear(1, 2, bias=False)
     cache_module.atomic_save({"model": model.state_dict(), "history": [{"epoch": 1}]}, checkpoint)
-    history = fit(model, TwoBatches(), epochs=1, optimizer={"name": "sgd", "lr": 0.1}, schedule={"points": [[0.0, 1.0]]},
+    history = fit(model, two_batches(), epochs=1, optimizer={"name": "sgd", "lr": 0.1}, schedule={"points": [[0.0, 1.0]]},
                   loss_fn=lambda m, x, y, epoch: (m.weight.sum(), None), checkpoint=checkpoint)
     assert [record["epoch"] for record in history] == [1] and "train_loss" in history[0]
     assert "could not be read" in capsys.readouterr().out
@@ -412,22 +416,6 @@ def test_lr_multiplier_before_the_first_point_and_without_an_interpolation_named
     """Before the first point the first multiplier holds; a schedule that names no interpolation steps."""
     assert lr_multiplier(0.05, {"points": [[0.1, 0.5], [0.5, 1.0]]}) == 0.5
     assert lr_multiplier(0.3, {"points": [[0.0, 1.0], [0.5, 0.1]]}) == 1.0
-
-
-class Batches:
-    """Fixed batches (x, y, *paired), the same every epoch."""
-
-    def __init__(self, *batches) -> None:
-        self.batches = batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        pass
-
-    def __iter__(self):
-        return iter(self.batches)
 
 
 def test_fit_hands_the_loss_the_paired_tensors_and_the_hooks_the_epoch():
@@ -520,12 +508,12 @@ def test_in_a_notebook_fit_shows_its_summary_with_the_log_collapsed(monkeypatch)
 
     shown = []
     monkeypatch.setattr(training, "show_log", lambda summary, lines: shown.append((summary, lines)))
-    history = training.fit(nn.Linear(1, 2, bias=False), TwoBatches(), epochs=2, optimizer={"name": "sgd", "lr": 0.1},
+    history = training.fit(nn.Linear(1, 2, bias=False), two_batches(), epochs=2, optimizer={"name": "sgd", "lr": 0.1},
                            schedule={"points": [[0.0, 1.0]]}, loss_fn=lambda m, x, y, epoch: (m.weight.sum(), None),
                            desc="toy")
     assert shown == []
     monkeypatch.setattr(training, "in_notebook", lambda: True)
-    history = training.fit(nn.Linear(1, 2, bias=False), TwoBatches(), epochs=2, optimizer={"name": "sgd", "lr": 0.1},
+    history = training.fit(nn.Linear(1, 2, bias=False), two_batches(), epochs=2, optimizer={"name": "sgd", "lr": 0.1},
                            schedule={"points": [[0.0, 1.0]]}, loss_fn=lambda m, x, y, epoch: (m.weight.sum(), None),
                            desc="toy")
     [(summary, lines)] = shown
