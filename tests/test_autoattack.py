@@ -3,6 +3,7 @@
 clear errors."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -15,7 +16,7 @@ from torch import nn
 import advlib.attacks as attacks
 from advlib import cache, data
 from advlib.attacks import _checks
-from advlib.attacks.primitives import project_linf
+from advlib.attacks.primitives import project_l2, project_linf
 from advlib.attacks.apgd import checkpoints
 from advlib.attacks.autoattack import AutoAttackResult
 from advlib.attacks.fab import linf_projection_onto_hyperplane
@@ -213,6 +214,174 @@ def test_apgd_trajectory_matches_reference(robust_mlp, robust_batch, name, norm)
     assert torch.equal(theirs.iterates[0], start)
     for k in range(1, compared):
         assert torch.allclose(ours.iterates[k], theirs.iterates[k], atol=1e-6), f"iterate {k} differs"
+
+
+def apgd_by_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor, eps: float,
+                      n_iter: int, loss_fn, norm: str = "Linf", rho: float = 0.75):
+    """APGD for one image (Croce & Hein 2020, Algorithm 1 and Sec. 3.2), written from the paper's text
+    one scalar decision at a time: from x^(0) = ``start`` and η = 2ε, the momentum step with α = 1
+    then 0.75; at each checkpoint w_j, Condition 1 (fewer than ρ·(w_j − w_{j−1}) of the steps since
+    w_{j−1} raised f strictly, counted from x^(0) at the first checkpoint) or Condition 2 (η not
+    halved at w_{j−1}, and f_max not risen since) halves η and moves x^(k+1) back to x_max with its
+    gradient (x^(k) stays what it was, for the next momentum term). The image stops at its first
+    misclassified iterate, which is returned; otherwise x_max is. Returns the iterates and that point."""
+    def evaluate(point):
+        point = point.detach().requires_grad_(True)
+        logits = model(point).float()
+        loss = loss_fn(logits, y, y)
+        return loss.item(), torch.autograd.grad(loss.sum(), point)[0], logits.argmax(1).item() != y.item()
+
+    def project(point):
+        return project_linf(point, x, eps) if norm == "Linf" else project_l2(point, x, eps)
+
+    def direction(gradient):
+        return gradient.sign() if norm == "Linf" else gradient / gradient.norm()
+
+    marks = checkpoints(n_iter)
+    f_cur, g_cur, fooled = evaluate(start)
+    iterates = [start]
+    if fooled:
+        return iterates, start
+    eta, x_prev, x_cur = 2 * eps, start, start
+    x_max, g_max, f_max = start, g_cur, f_cur
+    rises, halved_last, f_max_last = 0, False, f_cur
+    for k in range(n_iter):
+        alpha = 1.0 if k == 0 else 0.75
+        z = project(x_cur + eta * direction(g_cur))
+        x_new = project(x_cur + alpha * (z - x_cur) + (1 - alpha) * (x_cur - x_prev))
+        f_new, g_new, fooled = evaluate(x_new)
+        iterates.append(x_new)
+        if fooled:
+            return iterates, x_new
+        if f_new > f_cur:
+            rises += 1
+        if f_new > f_max:
+            x_max, g_max, f_max = x_new, g_new, f_new
+        x_prev, x_cur, g_cur, f_cur = x_cur, x_new, g_new, f_new
+        if k + 1 in marks[1:]:
+            j = marks.index(k + 1)
+            condition_1 = rises < rho * (marks[j] - marks[j - 1])
+            condition_2 = not halved_last and not f_max > f_max_last
+            halved_last = condition_1 or condition_2
+            if halved_last:
+                eta, x_cur, g_cur, f_cur = eta / 2, x_max, g_max, f_max
+            rises, f_max_last = 0, f_max
+    return iterates, x_max
+
+
+def assert_apgd_follows_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, loss_fn,
+                                  oracle_model=None, atol: float = 0.0) -> list[int]:
+    """Runs ``attack`` on the batch, recording its iterates, and each image alone through
+    :func:`apgd_by_the_paper` from the same start; every iterate of every image and every returned
+    point agree (images leave the batch as they are fooled, so the k-th recorded batch holds the
+    images not fooled before iteration k). Returns the iteration at which each image was fooled
+    (``attack.n_iter + 1`` when it was not)."""
+    ours = InputRecorder(model)
+    x_adv = attack(ours, x, y)
+    start = ours.iterates[0]
+    oracle_model = oracle_model or model
+    paths, returned = zip(*(apgd_by_the_paper(oracle_model, x[i:i + 1], y[i:i + 1], start[i:i + 1], attack.eps,
+                                              attack.n_iter, loss_fn, attack.norm) for i in range(len(x))))
+    fooled_at = [len(path) - 1 if model(point).argmax(1).item() != label else attack.n_iter + 1
+                 for path, point, label in zip(paths, returned, y.tolist())]
+    assert len(ours.iterates) == min(max(fooled_at) + 1, attack.n_iter + 1)
+    for k, batch in enumerate(ours.iterates):
+        alive = [i for i, at in enumerate(fooled_at) if at >= k]
+        assert len(batch) == len(alive), f"iteration {k}: {len(batch)} images attacked, not {len(alive)}"
+        for row, i in enumerate(alive):
+            assert torch.allclose(batch[row], paths[i][k][0], rtol=0, atol=atol), f"iterate {k} of image {i} differs"
+    for i, point in enumerate(returned):
+        assert torch.allclose(x_adv[i], point[0], rtol=0, atol=atol), f"image {i}: a different point is returned"
+    return fooled_at
+
+
+@pytest.mark.parametrize(("name", "norm", "eps", "atol"), [("apgd-ce", "Linf", 12 / 255, 1e-12),
+                                                           ("apgd-dlr", "Linf", 12 / 255, 1e-12),
+                                                           ("apgd-ce", "L2", 1.6, 1e-7)])
+def test_apgd_follows_the_paper_to_its_last_iteration(robust_mlp, robust_batch, name, norm, eps, atol):
+    """Every iterate of all 100, through every step-size checkpoint, and the point each image gets
+    back, against the paper's algorithm written out per image (:func:`apgd_by_the_paper`): in float64,
+    so that batching cannot move a gradient's sign, and at budgets (above the model's 8/255) where
+    some images are fooled under way and the batch shrinks. A float64 image gets float64 step sizes:
+    a step of 2ε held in float32 would move the iterates by ~1e-9. (The L2 direction divides by
+    ‖∇f‖ + 1e-12, which the paper's ∇f/‖∇f‖ does not: hence the looser tolerance there.)"""
+    from advlib.attacks.apgd import LOSSES
+
+    model = copy.deepcopy(robust_mlp).double()
+    x, y = robust_batch
+    x = x.double()
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    x, y = x[correct][:32], y[correct][:32]
+    attack = attacks.build(name, eps=eps, norm=norm, n_iter=100, seed=0)
+    fooled_at = assert_apgd_follows_the_paper(model, x, y, attack, LOSSES[attack.loss], atol=atol)
+    assert min(fooled_at) <= 100 < max(fooled_at)  # some images leave the batch, some stay to the end
+
+
+def test_apgd_start_is_drawn_in_the_attacks_own_norm(robust_mlp, robust_batch):
+    """L∞ starts fill the cube's surface (‖δ‖∞ = ε before clipping, so more than 0.9 ε after it on
+    these images), unlike an L2 start of the same radius (‖δ‖∞ ≈ 0.1 ε for 1024 pixels)."""
+    x, y = robust_batch[0][:16], robust_batch[1][:16]
+    y = robust_mlp(x).argmax(1)  # every image is attacked
+    ours = InputRecorder(robust_mlp)
+    attacks.build("apgd-ce", eps=8 / 255, n_iter=1)(ours, x, y)
+    assert ((ours.iterates[0] - x).flatten(1).abs().amax(1) > 0.9 * 8 / 255).all()
+
+
+class ScriptedLoss(nn.Module):
+    """Two classes. At its n-th differentiated pass the wrong class's logit is ``values[n]`` with
+    input gradient ``gradients[n]``, wherever the point, so class 0's cross-entropy softplus(value)
+    rises, falls and ties exactly when the script says (ties at different points are what a real
+    model rarely gives); passes without gradients see class 0 win."""
+
+    def __init__(self, values: list[float], gradients: torch.Tensor) -> None:
+        super().__init__()
+        self.values, self.gradients, self.calls = values, gradients, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        right = torch.zeros(len(x), dtype=x.dtype)
+        if not x.requires_grad:
+            return torch.stack([right, right - 1], 1)
+        value, gradient = self.values[self.calls], self.gradients[self.calls]
+        self.calls += 1
+        return torch.stack([right, value + ((x - x.detach()) * gradient).flatten(1).sum(1)], 1)
+
+
+def test_apgd_treats_equal_losses_as_the_paper_says():
+    """A loss that ties as often as it rises: a tie is not a rise (Condition 1 counts f(x^(k+1)) >
+    f(x^(k))) and does not replace x_max (the first point of the highest loss is kept). Ten
+    iterations have checkpoints at 2, 3, ..., 10, so every tie is judged at once."""
+    from advlib.attacks.apgd import cross_entropy
+
+    values = [-4.0, -3.0, -3.0, -3.0, -2.5, -2.5, -2.8, -2.5, -2.0, -2.0, -2.0]
+    gradients = torch.randn(len(values), 1, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    x, y = torch.full((1, 1, 4, 4), 0.5), torch.tensor([0])
+    attack = attacks.build("apgd-ce", eps=0.25, n_iter=10, seed=0)
+    assert checkpoints(10) == [0, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    assert assert_apgd_follows_the_paper(ScriptedLoss(values, gradients), x, y, attack, cross_entropy,
+                                         oracle_model=ScriptedLoss(values, gradients)) == [11]
+
+
+def test_apgd_checkpoints_for_a_short_run_by_hand():
+    """22 iterations: p_1 = 0.22 gives w_1 = 4; 0.03 · 22 and 0.06 · 22 round down to 0 and 1, and the
+    reference's max(·, 1) makes both 1, so the intervals shrink 3, 2, 1 and stay 1, up to and
+    including the last iteration."""
+    assert checkpoints(22) == [0, 4, 7, 9, *range(10, 23)]
+
+
+def test_apgd_flags_the_rows_whose_gradient_is_zero():
+    """Only the image whose start point has an exactly zero gradient is flagged, not the whole batch."""
+    from advlib.attacks.apgd import APGD
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]))
+        model[1].bias.fill_(-1.5)
+    # image 0 turns both units off (logits tie at 0, class 0 wins, every gradient is zero); image 1 turns one on
+    x = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.9, 0.9, 0.1, 0.1]]).view(2, 1, 2, 2)
+    y = torch.tensor([0, 0])
+    outcome = APGD(eps=0.05, n_iter=1).attack(model, x, y, torch.Generator().manual_seed(0))
+    assert outcome.zero_gradient.tolist() == [True, False]
 
 
 def test_fab_t_finds_what_the_reference_finds(small_model, test_batch):
