@@ -19,8 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTES = ROOT / "tests" / "mutation_notes.yml"
 REPORT = ROOT / "_build" / "mutation" / "report.md"
 REQUIRED_SCORE = 90.0
-# killed: a test failed; timeout: the mutant made a test hang (an infinite loop), which counts as caught
-CAUGHT = {"killed", "timeout"}
+# killed: a test failed; timeout: the mutant made a test hang (an endless loop); segfault: the test
+# process was killed by a signal (an endless loop that filled memory, or the CPU-time limit's SIGKILL).
+# Each of the last two stops the tests from passing, so it counts as caught.
+CAUGHT = {"killed", "timeout", "segfault"}
 NOT_JUDGED = {"skipped", "not checked"}
 
 
@@ -46,7 +48,7 @@ def module_of(mutant: str) -> str:
 
 def summarize(status: dict[str, str], notes: dict[str, str]) -> tuple[dict[str, str], float, list[str], list[str]]:
     """The judged mutants (skipped and unchecked ones are not judged) with their status, the mutation
-    score in % (caught among the judged; a timeout counts as caught), the survivors, and those
+    score in % (caught among the judged; a timeout or a killed test process counts as caught), the survivors, and those
     without an explanation."""
     judged = {name: s for name, s in status.items() if s not in NOT_JUDGED}
     caught = sum(s in CAUGHT for s in judged.values())

@@ -9,13 +9,14 @@ report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)
 
 
-def test_score_counts_timeouts_as_caught_and_leaves_unchecked_mutants_out():
+def test_score_counts_timeouts_and_killed_processes_as_caught_and_leaves_unchecked_mutants_out():
     status = {"a.f__mutmut_1": "killed", "a.f__mutmut_2": "timeout", "a.f__mutmut_3": "survived",
+              "a.f__mutmut_4": "segfault",
               "a.g__mutmut_1": "not checked", "a.g__mutmut_2": "skipped", "a.g__mutmut_3": "no tests"}
     judged, score, survivors, unexplained = report.summarize(status, {"a.f__mutmut_3": "equivalent: ..."})
-    # judged: killed, timeout, survived, no tests -> 2 caught of 4
-    assert sorted(judged) == ["a.f__mutmut_1", "a.f__mutmut_2", "a.f__mutmut_3", "a.g__mutmut_3"]
-    assert score == 50.0
+    # judged: killed, timeout, survived, segfault, no tests -> 3 caught of 5
+    assert sorted(judged) == ["a.f__mutmut_1", "a.f__mutmut_2", "a.f__mutmut_3", "a.f__mutmut_4", "a.g__mutmut_3"]
+    assert score == 60.0
     assert survivors == ["a.f__mutmut_3", "a.g__mutmut_3"]
     assert unexplained == ["a.g__mutmut_3"]
 
