@@ -224,7 +224,8 @@ def apgd_by_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start:
     w_{j−1} raised f strictly, counted from x^(0) at the first checkpoint) or Condition 2 (η not
     halved at w_{j−1}, and f_max not risen since) halves η and moves x^(k+1) back to x_max with its
     gradient (x^(k) stays what it was, for the next momentum term). The image stops at its first
-    misclassified iterate, which is returned; otherwise x_max is. Returns the iterates and that point."""
+    misclassified iterate, which is returned; otherwise x_max is. Returns the iterates, that point and
+    whether it is misclassified."""
     def evaluate(point):
         point = point.detach().requires_grad_(True)
         logits = model(point).float()
@@ -241,7 +242,7 @@ def apgd_by_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start:
     f_cur, g_cur, fooled = evaluate(start)
     iterates = [start]
     if fooled:
-        return iterates, start
+        return iterates, start, True
     eta, x_prev, x_cur = 2 * eps, start, start
     x_max, g_max, f_max = start, g_cur, f_cur
     rises, halved_last, f_max_last = 0, False, f_cur
@@ -252,7 +253,7 @@ def apgd_by_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start:
         f_new, g_new, fooled = evaluate(x_new)
         iterates.append(x_new)
         if fooled:
-            return iterates, x_new
+            return iterates, x_new, True
         if f_new > f_cur:
             rises += 1
         if f_new > f_max:
@@ -266,7 +267,7 @@ def apgd_by_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, start:
             if halved_last:
                 eta, x_cur, g_cur, f_cur = eta / 2, x_max, g_max, f_max
             rises, f_max_last = 0, f_max
-    return iterates, x_max
+    return iterates, x_max, False
 
 
 def assert_apgd_follows_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, loss_fn,
@@ -280,10 +281,9 @@ def assert_apgd_follows_the_paper(model: nn.Module, x: torch.Tensor, y: torch.Te
     x_adv = attack(ours, x, y)
     start = ours.iterates[0]
     oracle_model = oracle_model or model
-    paths, returned = zip(*(apgd_by_the_paper(oracle_model, x[i:i + 1], y[i:i + 1], start[i:i + 1], attack.eps,
+    paths, returned, fooled = zip(*(apgd_by_the_paper(oracle_model, x[i:i + 1], y[i:i + 1], start[i:i + 1], attack.eps,
                                               attack.n_iter, loss_fn, attack.norm) for i in range(len(x))))
-    fooled_at = [len(path) - 1 if model(point).argmax(1).item() != label else attack.n_iter + 1
-                 for path, point, label in zip(paths, returned, y.tolist())]
+    fooled_at = [len(path) - 1 if misclassified else attack.n_iter + 1 for path, misclassified in zip(paths, fooled)]
     assert len(ours.iterates) == min(max(fooled_at) + 1, attack.n_iter + 1)
     for k, batch in enumerate(ours.iterates):
         alive = [i for i, at in enumerate(fooled_at) if at >= k]
