@@ -33,10 +33,10 @@ from . import paths
 # that no artifact computed by older code is loaded. The longest matching prefix of a kind counts;
 # kinds without one (e.g. the tests' own) are version 0.
 CODE_VERSIONS: dict[str, int] = {
-    "classifier": 1,
+    "classifier": 2,               # initial weights drawn from the run's seed alone
     "purifier-pairs": 1,
-    "purifier": 2,                 # the NT teacher is given the clean image (Koo et al. Sec. 3.3)
-    "at": 2,                       # DYNAT's clean BatchNorm pass, the AWP variants, step 2/255
+    "purifier": 3,                 # initial weights drawn from the run's seed alone
+    "at": 3,                       # initial weights drawn from the run's seed alone
     "at-evaluation": 4,            # per-image outcomes (confidence intervals, paired tests)
     "distilled": 3,                # initial weights drawn from the student's seed
     "distillation-evaluation": 4,  # per-image outcomes (confidence intervals, paired tests)
@@ -49,6 +49,7 @@ CODE_VERSIONS: dict[str, int] = {
 # versions of those models' kinds: retraining a model under new code invalidates what was measured on it.
 TRAINED_MODEL_KINDS = ("classifier", "purifier", "at", "distilled")
 CODE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "purifier-pairs": ("classifier",),
     "at-evaluation": ("at",),
     "distillation-evaluation": ("at", "distilled"),
     "autoattack-examples": TRAINED_MODEL_KINDS,

@@ -838,3 +838,32 @@ def test_label_agreement_sums_every_batch_of_the_epoch():
     trainer(pair, x, torch.tensor([1, 0]), 0)
     trainer(pair, x, torch.tensor([1, 1]), 0)
     assert trainer.epoch_statistics() == {"label_agreement": 0.75}
+
+
+# --- initial weights follow from the configuration -----------------------------------------------------
+
+def test_seeded_network_ignores_and_keeps_the_global_rng():
+    run = config.setup("quick", device="cpu", quiet=True)
+    torch.manual_seed(123)
+    expected_draws = torch.rand(3)
+    torch.manual_seed(123)
+    first = recipes.network(run, "target", seed=4)
+    assert torch.equal(torch.rand(3), expected_draws), "building a seeded network must not touch the global RNG"
+    second = recipes.network(run, "target", seed=4)
+    other = recipes.network(run, "target", seed=5)
+    pairs = list(zip(first.state_dict().values(), second.state_dict().values(), other.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b, _ in pairs)
+    assert not all(torch.equal(a, c) for a, _, c in pairs)
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "dynat"])
+def test_an_adversarially_trained_model_starts_from_the_same_weights_whatever_ran_before(method, monkeypatch):
+    run = config.setup("quick", device="cpu", quiet=True)
+    started = []
+    monkeypatch.setattr(recipes.adversarial_training.cache, "load_or_train",
+                        lambda kind, settings, model, train: (started.append(model), (model, []))[1])
+    for draws in (0, 1000):
+        torch.rand(draws)
+        recipes.adversarially_trained(run, method)
+    for a, b in zip(started[0].state_dict().values(), started[1].state_dict().values()):
+        assert torch.equal(a, b)

@@ -59,8 +59,11 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     :class:`~advlib.defenses.dynat.GuideAndTarget` pair, whose forward pass is the target's."""
     config = adversarial_training_config(run, method)
     spec = run.config["adversarial_training"]
-    target = network(run, "target")
-    model = defenses.dynat.GuideAndTarget(network(run, "guide"), target) if "guide" in config else target
+    target = network(run, "target", seed=run.seed)
+    if "guide" in config:
+        model = defenses.dynat.GuideAndTarget(network(run, "guide", seed=run.seed + 1), target)
+    else:
+        model = target
     trainer = defenses.build(config["trainer"], **config.get("trainer_options", {}), seed=run.seed)
     averaging = config["averaging"] and {**config["averaging"], "module": "target" if "guide" in config else None}
 

@@ -21,7 +21,7 @@ def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The standard-trained classifier of chapter 1 (ResNet56 on CIFAR-10 in the paper profile),
     in eval mode, with its per-epoch history (training loss/accuracy, held-out accuracy)."""
     config = classifier_config(run)
-    model = network(run, "classifier")
+    model = network(run, "classifier", seed=run.seed)
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         loader, x_val, y_val = training_data(run, config)

@@ -33,11 +33,19 @@ NETWORK_ROLES = {"classifier": ("classifier", None), "purifier": ("purification"
                  "student": ("distillation", "student")}
 
 
-def network(run: Run, role: str, **architecture: Any) -> nn.Module:
+def network(run: Run, role: str, *, seed: int | None = None, **architecture: Any) -> nn.Module:
     """A freshly initialised network for ``role`` in ``run``'s profile, on the run's device: the
     chapter-1 ``"classifier"``, the ``"purifier"`` autoencoder (chapters 3-5), the adversarially
     trained ``"target"`` and DYNAT's ``"guide"`` (chapters 6 and 8), the distilled ``"student"``
-    (chapter 7). ``architecture`` overrides the profile's settings (e.g. ``skips=False``)."""
+    (chapter 7). ``architecture`` overrides the profile's settings (e.g. ``skips=False``).
+
+    With ``seed`` the initial weights are drawn from a generator seeded by it alone, so that a cached
+    artifact's weights follow from its configuration and not from what the process ran before (a
+    notebook run on its own trains the same model as the batch run); the global RNG is left as it was."""
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return network(run, role, **architecture)
     if role not in NETWORK_ROLES:
         raise ValueError(f"unknown network role {role!r}; known roles: {', '.join(NETWORK_ROLES)}")
     section, key = NETWORK_ROLES[role]

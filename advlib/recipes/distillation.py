@@ -116,9 +116,7 @@ def distilled_student(run: Run, method: str, seed: int | None = None) -> tuple[n
     config = distillation_config(run, method, seed)
     spec = run.config["distillation"]
     student_seed = config.get("student_seed", run.seed)
-    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed, not on what ran before
-        torch.manual_seed(student_seed)
-        model = network(run, "student")
+    model = network(run, "student", seed=student_seed)
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         teacher = distillation_teacher(run)

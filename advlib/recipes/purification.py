@@ -59,7 +59,7 @@ def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Calla
     """Load or train one autoencoder on the adversarial pairs with the loss ``loss_fn_factory()``;
     ``architecture`` overrides the profile's autoencoder settings (e.g. ``skips=False``)."""
     config = _purifier_config(run, role, extra, epochs, architecture)
-    model = network(run, "purifier", **(architecture or {}))
+    model = network(run, "purifier", seed=run.seed, **(architecture or {}))
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         clean, adversarial = adversarial_pairs(run)
