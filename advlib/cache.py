@@ -45,11 +45,14 @@ CODE_VERSIONS: dict[str, int] = {
 }
 
 
-# Results computed from trained models (evaluations, adversarial examples) also carry the code
-# versions of those models' kinds: retraining a model under new code invalidates what was measured on it.
+# Artifacts computed from trained models (evaluations, adversarial examples, and models trained through
+# or distilled from another model) also carry the code versions of those models' kinds: retraining a
+# model under new code invalidates what was measured on it or learnt from it.
 TRAINED_MODEL_KINDS = ("classifier", "purifier", "at", "distilled")
 CODE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "purifier-pairs": ("classifier",),
+    "purifier": ("classifier",),  # the teachers and students are trained through the frozen classifier
+    "distilled": ("at",),  # chapter 6's TRADES model is the students' teacher
     "at-evaluation": ("at",),
     "distillation-evaluation": ("at", "distilled"),
     "autoattack-examples": TRAINED_MODEL_KINDS,
@@ -71,10 +74,13 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def artifact_path(kind: str, config: dict[str, Any], root: Path | None = None) -> Path:
     """Where the artifact of ``kind`` for ``config`` lives: the hash covers the configuration, the
-    kind's code version and those of the model kinds it is computed from (:data:`CODE_DEPENDENCIES`)."""
+    kind's code version and those of the model kinds it is computed from (:data:`CODE_DEPENDENCIES`,
+    longest matching prefix as for the versions)."""
     key: dict[str, Any] = {"config": config, "code_version": code_version(kind)}
-    if kind in CODE_DEPENDENCIES:
-        key["model_code_versions"] = {model: code_version(model) for model in CODE_DEPENDENCIES[kind]}
+    dependencies = [prefix for prefix in CODE_DEPENDENCIES if kind == prefix or kind.startswith(prefix + "-")]
+    if dependencies:
+        key["model_code_versions"] = {model: code_version(model)
+                                      for model in CODE_DEPENDENCIES[max(dependencies, key=len)]}
     return (root or paths.cache_dir()) / f"{kind}-{config_hash(key)}.pt"
 
 

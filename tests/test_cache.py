@@ -50,6 +50,9 @@ def test_a_retrained_model_is_never_served_old_results(tmp_path, monkeypatch):
     assert cache.artifact_path("distillation-evaluation", {"model": "saad"}, tmp_path) != before
     assert cache.artifact_path("autoattack-examples", {"model": "saad"}, tmp_path) != examples
     assert cache.artifact_path("classifier", {"a": 1}, tmp_path) == unrelated, "a model's own key is its own"
+    student = cache.artifact_path("distilled-saad", {"a": 1}, tmp_path)
+    monkeypatch.setitem(cache.CODE_VERSIONS, "at", cache.CODE_VERSIONS["at"] + 1)
+    assert cache.artifact_path("distilled-saad", {"a": 1}, tmp_path) != student, "a new teacher retrains the students"
     for kind, models in cache.CODE_DEPENDENCIES.items():
         assert all(cache.code_version(model) >= 1 for model in models), kind
 
