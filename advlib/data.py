@@ -295,13 +295,21 @@ class TensorLoader:
     uninterrupted one. Augmentation is the CIFAR standard: zero-pad 4, random 32x32 crop, flip.
     ``paired`` (float images aligned with ``data``, e.g. precomputed adversarial examples) makes
     every batch ``(x, y, paired_x)``.
+
+    ``images_per_epoch`` (default: all of them) makes an epoch a fixed share of a stream of passes
+    over the data instead of one pass: epoch ``e`` takes the next images of the stream, each pass
+    shuffled by a generator seeded by ``(seed, pass)``. A short run then sees more distinct images
+    in as many epochs of the same length, and still reports (and checkpoints) once per epoch.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = False, augment: bool = False,
                  drop_last: bool = False, device: torch.device | str = "cpu", seed: int = 0,
-                 paired: torch.Tensor | None = None) -> None:
+                 paired: torch.Tensor | None = None, images_per_epoch: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if images_per_epoch is not None and not 1 <= images_per_epoch <= len(data):
+            raise ValueError(f"images_per_epoch must be between 1 and the {len(data)} images of the data, "
+                             f"not {images_per_epoch}; leave it None for epochs of one pass each")
         if paired is not None and (len(paired) != len(data) or augment):
             raise ValueError("paired images need one entry per image and no augmentation "
                              f"(got {len(paired)} for {len(data)} images, augment={augment})")
@@ -310,19 +318,39 @@ class TensorLoader:
         self.labels = data.labels.to(self.device)
         self.paired = None if paired is None else paired.to(self.device)
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.images_per_epoch = seed, 0, images_per_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self.images_per_epoch or len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _pass_order(self, index: int) -> torch.Tensor:
+        n = len(self.labels)
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + index))
+
+    def _stream_order(self) -> torch.Tensor:
+        """This epoch's images: the next ones of the stream of shuffled passes (images a dropped last
+        batch would have held stay in the stream for the next epoch)."""
+        n, taken = len(self.labels), min(self.images_per_epoch, len(self) * self.batch_size)
+        if taken == 0:
+            return torch.zeros(0, dtype=torch.long)
+        start = self.epoch * taken
+        first, last = start // n, (start + taken - 1) // n
+        stream = torch.cat([self._pass_order(index) for index in range(first, last + 1)])
+        return stream[start - first * n:start - first * n + taken]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        n = len(self.labels)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        if self.images_per_epoch is None:
+            n = len(self.labels)
+            order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        else:
+            order = self._stream_order()
         order = order.to(self.device)
         for b in range(len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]

@@ -137,6 +137,57 @@ def test_loader_is_deterministic_per_seed_and_epoch():
     assert torch.equal(state, torch.get_rng_state()), "the loader must not draw from the global RNG"
 
 
+def _epoch_labels(loader: data.TensorLoader, epoch: int) -> list[int]:
+    loader.set_epoch(epoch)
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_epochs_of_a_fixed_size_take_turns_through_the_shuffled_passes():
+    # 12 images, epochs of 2 batches of 2: three epochs make one pass, each image once
+    loader = data.TensorLoader(_tiny_set(12), batch_size=2, shuffle=True, drop_last=True, seed=5, images_per_epoch=4)
+    assert len(loader) == 2
+    epochs = [_epoch_labels(loader, e) for e in range(6)]
+    first_pass = torch.randperm(12, generator=torch.Generator().manual_seed(5 * 1_000_003 + 0)).tolist()
+    second_pass = torch.randperm(12, generator=torch.Generator().manual_seed(5 * 1_000_003 + 1)).tolist()
+    assert epochs[0] + epochs[1] + epochs[2] == first_pass
+    assert epochs[3] + epochs[4] + epochs[5] == second_pass
+    assert _epoch_labels(loader, 1) == epochs[1], "an epoch's images must not depend on what ran before it"
+
+
+def test_an_epoch_can_span_two_passes_and_a_dropped_batch_stays_in_the_stream():
+    # epochs of 5 images in batches of 2 with drop_last: 4 images per epoch, over passes of 6
+    loader = data.TensorLoader(_tiny_set(6), batch_size=2, shuffle=False, drop_last=True, images_per_epoch=5)
+    assert len(loader) == 2
+    assert [_epoch_labels(loader, e) for e in range(3)] == [[0, 1, 2, 3], [4, 5, 0, 1], [2, 3, 4, 5]]
+
+
+def test_images_per_epoch_unset_keeps_one_pass_per_epoch():
+    plain = data.TensorLoader(_tiny_set(10), batch_size=3, shuffle=True, seed=2)
+    whole = data.TensorLoader(_tiny_set(10), batch_size=3, shuffle=True, seed=2, images_per_epoch=10)
+    for epoch in range(3):
+        expected = torch.randperm(10, generator=torch.Generator().manual_seed(2 * 1_000_003 + epoch)).tolist()
+        assert _epoch_labels(plain, epoch) == expected == _epoch_labels(whole, epoch)
+
+
+@pytest.mark.parametrize("images_per_epoch", [0, 11, -1])
+def test_images_per_epoch_out_of_range_is_a_clear_error(images_per_epoch):
+    with pytest.raises(ValueError, match="images_per_epoch must be between 1 and the 10 images"):
+        data.TensorLoader(_tiny_set(10), batch_size=2, images_per_epoch=images_per_epoch)
+
+
+@pytest.mark.parametrize("section", ["adversarial_training", "distillation"])
+def test_quick_profile_sees_each_training_image_once(section):
+    from advlib import config, recipes
+
+    run = config.setup("quick", device="cpu", quiet=True)
+    spec = run.config[section]
+    settings = recipes.adversarial_training_config(run, "pgd_at") if section == "adversarial_training" \
+        else recipes.distillation_config(run, "ard")
+    loader, x_val, _ = recipes.training_data(run, settings)
+    assert len(x_val) == spec["holdout"] and loader.images_per_epoch == spec["images_per_epoch"]
+    assert spec["epochs"] * len(loader) * spec["batch_size"] == len(loader.labels) == spec["train_subset"] - spec["holdout"]
+
+
 def test_random_crop_flip_is_a_crop_of_the_padded_image():
     x = torch.rand(6, 2, 8, 8)
     out = data.random_crop_flip(x, torch.Generator().manual_seed(0), padding=2)

@@ -39,6 +39,8 @@ def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
     recipe = AT_METHODS[method]
     config = {"method": method, "trainer": recipe.trainer, "dataset": run.dataset, "seed": run.seed,
               **{k: spec[k] for k in _AT_TRAINING_KEYS}}
+    if spec.get("images_per_epoch"):
+        config["images_per_epoch"] = spec["images_per_epoch"]
     if recipe.section is not None:
         options = {**spec["train_attack"], **spec[recipe.section], **recipe.fixed}
         if recipe.section == "dynat_awp":

@@ -67,13 +67,16 @@ def network(run: Run, role: str, *, seed: int | None = None, **architecture: Any
 def training_data(run: Run, config: dict[str, Any], shuffle_seed: int | None = None
                   ) -> tuple[data.TensorLoader, torch.Tensor, torch.Tensor]:
     """The shuffled (optionally augmented) training loader of ``config`` and its held-out slice. The
-    images are the run's seed's; ``shuffle_seed`` (default the run's) orders and augments them."""
+    images are the run's seed's; ``shuffle_seed`` (default the run's) orders and augments them.
+    ``config["images_per_epoch"]``, where set, makes epochs shares of a stream of passes
+    (:class:`~advlib.data.TensorLoader`)."""
     train_set = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
     train_set, holdout = train_set.split(config["holdout"], run.seed)
     x_val, y_val = holdout.tensors(run.device)
     loader = data.TensorLoader(train_set, config["batch_size"], shuffle=True, augment=config["augment"],
                                drop_last=True, device=run.device,
-                               seed=run.seed if shuffle_seed is None else shuffle_seed)
+                               seed=run.seed if shuffle_seed is None else shuffle_seed,
+                               images_per_epoch=config.get("images_per_epoch"))
     return loader, x_val, y_val
 
 

@@ -79,6 +79,8 @@ def distillation_config(run: Run, method: str, seed: int | None = None) -> dict[
     recipe = DISTILLATION_METHODS[method]
     config = {"method": method, "dataset": run.dataset, "seed": run.seed,
               **{k: spec[k] for k in _DISTILLATION_TRAINING_KEYS}}
+    if spec.get("images_per_epoch"):
+        config["images_per_epoch"] = spec["images_per_epoch"]
     if recipe.section is not None:
         options = {**spec["train_attack"], **spec[recipe.section], **recipe.fixed}
         if method in ("igdm", "saad"):
