@@ -1227,3 +1227,54 @@ def test_apgd_eot_averages_loss_gradient_and_logits_over_its_passes():
     loss, grad, logits = _loss_gradient_logits(model, cross_entropy, x, y, y, eot_iter=2)
     assert torch.allclose(loss, once.detach(), atol=1e-6) and torch.allclose(grad, gradient, atol=1e-6)
     assert torch.allclose(logits, model.linear(x.flatten(1)).detach() + 1.5, atol=1e-6)
+
+
+# --- APGD's helpers, by hand -----------------------------------------------------------------------------
+
+def test_even_chunks_split_rows_into_the_fewest_near_equal_chunks():
+    from advlib.attacks.apgd import even_chunks
+
+    assert even_chunks(300, 128) == [slice(0, 100), slice(100, 200), slice(200, 300)]
+    assert even_chunks(5, 128) == [slice(0, 5)]
+    assert even_chunks(256, 128) == [slice(0, 128), slice(128, 256)]
+    assert even_chunks(0, 128) == []
+
+
+def test_apgd_linf_start_is_uniform_on_the_sphere_and_symmetric():
+    from advlib.attacks.apgd import _start_points
+
+    x = torch.full((64, 1, 16, 16), 0.5)
+    delta = (_start_points(x, 0.1, "Linf", torch.Generator().manual_seed(0)) - x).flatten(1)
+    assert torch.allclose(delta.abs().amax(1), torch.full((64,), 0.1))
+    # u uniform in [-1, 1]^d: the mean displacement is 0 within a few standard errors (0.0005 here)
+    assert abs(float(delta.mean())) < 0.005
+    assert float(delta.min()) < -0.09
+
+
+def test_apgd_l2_start_is_on_the_sphere_and_drawn_from_the_attack_generator_only():
+    from advlib.attacks.apgd import _start_points
+
+    x = torch.full((8, 1, 8, 8), 0.5)
+    state = torch.get_rng_state()
+    first = _start_points(x, 0.5, "L2", torch.Generator().manual_seed(3))
+    again = _start_points(x, 0.5, "L2", torch.Generator().manual_seed(3))
+    assert torch.equal(state, torch.get_rng_state()), "the global RNG must not be drawn from"
+    assert torch.equal(first, again)
+    assert torch.allclose((first - x).flatten(1).norm(dim=1), torch.full((8,), 0.5), atol=1e-5)
+
+
+def test_apgd_settings_are_checked_and_kept():
+    for bad in ({"n_restarts": 0}, {"eot_iter": 0}, {"max_batch": 0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            attacks.build("apgd-ce", **bad)
+    apgd = attacks.build("apgd-ce", max_batch=64, seed=5)
+    assert apgd.max_batch == 64 and apgd.seed == 5
+
+
+def test_apgd_outcome_says_which_examples_were_correct_clean():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    outcome = attacks.build("apgd-ce", eps=0.0, n_iter=2).attack(model, x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(outcome.clean_correct, correct)
