@@ -60,10 +60,16 @@ CODE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
 }
 
 
+def longest_prefix(kind: str, table: dict[str, Any]) -> str | None:
+    """The longest key of ``table`` that is ``kind`` or a ``-``-separated prefix of it, if any."""
+    matches = [prefix for prefix in table if kind == prefix or kind.startswith(prefix + "-")]
+    return max(matches, key=len) if matches else None
+
+
 def code_version(kind: str) -> int:
     """The version of the code behind ``kind`` (:data:`CODE_VERSIONS`, longest matching prefix)."""
-    matches = [prefix for prefix in CODE_VERSIONS if kind == prefix or kind.startswith(prefix + "-")]
-    return CODE_VERSIONS[max(matches, key=len)] if matches else 0
+    prefix = longest_prefix(kind, CODE_VERSIONS)
+    return 0 if prefix is None else CODE_VERSIONS[prefix]
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -77,10 +83,9 @@ def artifact_path(kind: str, config: dict[str, Any], root: Path | None = None) -
     kind's code version and those of the model kinds it is computed from (:data:`CODE_DEPENDENCIES`,
     longest matching prefix as for the versions)."""
     key: dict[str, Any] = {"config": config, "code_version": code_version(kind)}
-    dependencies = [prefix for prefix in CODE_DEPENDENCIES if kind == prefix or kind.startswith(prefix + "-")]
-    if dependencies:
-        key["model_code_versions"] = {model: code_version(model)
-                                      for model in CODE_DEPENDENCIES[max(dependencies, key=len)]}
+    dependent = longest_prefix(kind, CODE_DEPENDENCIES)
+    if dependent is not None:
+        key["model_code_versions"] = {model: code_version(model) for model in CODE_DEPENDENCIES[dependent]}
     return (root or paths.cache_dir()) / f"{kind}-{config_hash(key)}.pt"
 
 

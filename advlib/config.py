@@ -61,8 +61,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             # epochs of 18 batches. The epochs take turns through 9 216 training images (200 more
             # are held out), each seen once: four times the images of four passes over 2 200, in
             # the same training time (longer training does not fit the chapters' five minutes:
-            # two passes over 9 400 images took chapter 8 from 169 to 291 s). ε = 0.1, the usual Fashion-MNIST budget: at 8/255 a
-            # standard CNN keeps about half its accuracy under PGD-20 on Fashion-MNIST, so the chapters
+            # two passes over 9 400 images took chapter 8 from 169 to 291 s). ε = 0.1, the usual
+            # Fashion-MNIST budget: at 8/255 a standard CNN keeps about half its accuracy under
+            # PGD-20 on Fashion-MNIST, so the chapters
             # could not show what adversarial training buys. 3 training PGD steps of 0.04 reach the
             # boundary; the evaluation step is ε/4, as 2/255 is for 8/255.
             "target": {"arch": "small_cnn", "width": 16}, "guide": {"arch": "small_cnn", "width": 8},

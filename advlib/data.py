@@ -307,8 +307,9 @@ class TensorLoader:
                  paired: torch.Tensor | None = None, images_per_epoch: int | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-        if images_per_epoch is not None and not 1 <= images_per_epoch <= len(data):
-            raise ValueError(f"images_per_epoch must be between 1 and the {len(data)} images of the data, "
+        fewest = batch_size if drop_last else 1  # with drop_last, fewer images than a batch make no batch
+        if images_per_epoch is not None and not fewest <= images_per_epoch <= len(data):
+            raise ValueError(f"images_per_epoch must be between {fewest} and the {len(data)} images of the data, "
                              f"not {images_per_epoch}; leave it None for epochs of one pass each")
         if paired is not None and (len(paired) != len(data) or augment):
             raise ValueError("paired images need one entry per image and no augmentation "
@@ -327,18 +328,17 @@ class TensorLoader:
         n = self.images_per_epoch or len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _pass_order(self, index: int) -> torch.Tensor:
+    def _pass_order(self, index: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The order of pass ``index``, shuffled by ``generator`` (default: one seeded by (seed, index))."""
         n = len(self.labels)
         if not self.shuffle:
             return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + index))
+        return torch.randperm(n, generator=generator or torch.Generator().manual_seed(self.seed * 1_000_003 + index))
 
     def _stream_order(self) -> torch.Tensor:
         """This epoch's images: the next ones of the stream of shuffled passes (images a dropped last
         batch would have held stay in the stream for the next epoch)."""
         n, taken = len(self.labels), min(self.images_per_epoch, len(self) * self.batch_size)
-        if taken == 0:
-            return torch.zeros(0, dtype=torch.long)
         start = self.epoch * taken
         first, last = start // n, (start + taken - 1) // n
         stream = torch.cat([self._pass_order(index) for index in range(first, last + 1)])
@@ -346,11 +346,8 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        if self.images_per_epoch is None:
-            n = len(self.labels)
-            order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
-        else:
-            order = self._stream_order()
+        # one pass per epoch shuffles with the generator that then augments, as it always has
+        order = self._pass_order(self.epoch, generator) if self.images_per_epoch is None else self._stream_order()
         order = order.to(self.device)
         for b in range(len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
