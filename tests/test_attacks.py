@@ -402,6 +402,81 @@ def test_cascade_runs_later_attacks_only_on_survivors(small_model, test_batch):
     assert torch.equal(report.worst_case, separate.worst_case)
 
 
+def gradient_passes(model: nn.Module) -> list[int]:
+    """A list that grows by the batch size at every forward pass of ``model`` that builds a graph."""
+    passes: list[int] = []
+    model.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0]))
+                                if torch.is_grad_enabled() else None)
+    return passes
+
+
+def test_pgds_of_different_lengths_are_read_off_one_trajectory():
+    """Without cascading, PGD-8 listed before PGD-3 and PGD-5 (same ε, α, seed, one run each) gives,
+    image by image and pixel by pixel, what each gives alone, in the order they were named, for
+    8 gradient passes per image instead of 16; CW and a PGD with another seed run on their own."""
+
+    model = tiny_model()
+    x, y = random_batch(11, 40)
+    pgd = {steps: attacks.build("pgd", eps=0.1, alpha=0.02, steps=steps, seed=3) for steps in (8, 3, 5)}
+    named = {f"PGD-{steps}": attack for steps, attack in pgd.items()}
+    named["other seed"] = attacks.build("pgd", eps=0.1, alpha=0.02, steps=3, seed=4)
+    passes = gradient_passes(model)
+    together = robust_accuracy(model, x, y, named, batch_size=16, cascade=False, keep_adversarial=tuple(named))
+    assert list(together.per_attack) == list(named)
+    attacked = int(together.clean.sum())
+    assert sum(passes) == (8 + 3) * attacked
+    for name, attack in named.items():
+        alone = robust_accuracy(model, x, y, {name: attack}, batch_size=16, keep_adversarial=(name,))
+        assert torch.equal(together.per_attack[name], alone.per_attack[name]), name
+        assert torch.equal(together.adversarial[name], alone.adversarial[name]), name
+        assert together.attacked[name] == alone.attacked[name] == attacked
+    assert not torch.equal(together.adversarial["PGD-3"], together.adversarial["other seed"])
+    assert not torch.equal(together.adversarial["PGD-3"], together.adversarial["PGD-8"])
+
+
+def test_only_single_pgd_runs_with_the_same_settings_share_a_trajectory():
+    from advlib.evaluation.robustness import shared_trajectories
+
+    def pgd(**changes):
+        return attacks.build("pgd", **{"eps": 0.1, "alpha": 0.02, "steps": 5, "seed": 0, **changes})
+
+    named = [("a", pgd(steps=20)), ("b", pgd(steps=10)), ("eps", pgd(eps=0.2)), ("alpha", pgd(alpha=0.01)),
+             ("seed", pgd(seed=1)), ("restarts", pgd(restarts=2)), ("no start", pgd(random_start=False)),
+             ("bn", pgd(bn_mode="train")), ("bim", attacks.build("bim", eps=0.1, alpha=0.02, steps=5)),
+             ("c", pgd(steps=10))]
+    groups = shared_trajectories(named)
+    assert list(groups) == ["a"]
+    assert [name for name, _ in groups["a"]] == ["b", "c", "a"]
+    assert shared_trajectories(named[2:9]) == {}
+
+
+def test_cascading_pgds_run_one_after_another():
+    model = tiny_model()
+    x, y = random_batch(12, 24)
+    named = {f"PGD-{steps}": attacks.build("pgd", eps=0.1, alpha=0.02, steps=steps) for steps in (2, 4)}
+    passes = gradient_passes(model)
+    report = robust_accuracy(model, x, y, named)
+    assert sum(passes) == 2 * int(report.clean.sum()) + 4 * report.attacked["PGD-4"]
+
+
+def test_pgd_iterates_are_what_shorter_runs_return_and_bad_steps_are_refused():
+    model = tiny_model()
+    x, y = random_batch(13, 12)
+    long = attacks.build("pgd", eps=0.1, alpha=0.02, steps=50, seed=5)
+    iterates = list(long.iterates(model, x, y, [1, 4, 4, 7]))
+    for steps, iterate in zip([1, 4, 4, 7], iterates):
+        assert torch.equal(iterate, attacks.build("pgd", eps=0.1, alpha=0.02, steps=steps, seed=5)(model, x, y))
+    with torch.no_grad():  # the caller's mode holds between two iterates
+        walk = long.iterates(model, x, y, [1, 2])
+        assert torch.equal(next(walk), iterates[0]) and not torch.is_grad_enabled()
+    with pytest.raises(ValueError, match="restarts=2"):
+        attacks.build("pgd", restarts=2).iterates(model, x, y, [1])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        long.iterates(model, x, y, [4, 2])
+    with pytest.raises(ValueError, match=r"steps\[1\] must be a positive integer"):
+        long.iterates(model, x, y, [1, 0])
+
+
 def test_kept_adversarial_examples_are_the_attacks_output(small_model, test_batch):
     x, y = test_batch[0][:64], test_batch[1][:64]
     fgsm = attacks.build("fgsm", eps=8 / 255)

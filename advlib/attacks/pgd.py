@@ -1,6 +1,8 @@
 """PGD, projected gradient descent on the negative loss (Madry et al. 2018), L∞, with restarts."""
 from __future__ import annotations
 
+from typing import Iterator, Sequence
+
 import torch
 from torch import nn
 
@@ -42,3 +44,39 @@ class PGD(Attack):
                 generator: torch.Generator) -> torch.Tensor:
         return worst_case_over_restarts(lambda xs, ys: self._run(model, xs, ys, generator), model, x, y,
                                         self.restarts)
+
+    def shares_trajectory_with(self, other: Attack) -> bool:
+        """Whether ``other`` is this attack with only its number of steps changed, both single runs:
+        from the same start, the shorter one returns an iterate of the longer one's trajectory."""
+        return (type(self) is type(other) is PGD and self.restarts == other.restarts == 1
+                and (self.eps, self.alpha, self.random_start, self.seed, self.bn_mode)
+                == (other.eps, other.alpha, other.random_start, other.seed, other.bn_mode))
+
+    def iterates(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: Sequence[int], *,
+                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """One run's iterates :math:`x'_s` for each ``s`` of ``steps`` (non-decreasing), yielded as
+        they are reached: what PGD with ``s`` steps returns from the same random start. One
+        trajectory of 50 steps thus gives DYNAT's PGD-10, PGD-20 and PGD-50 columns (Table 1) for the
+        cost of PGD-50. Single runs only (``restarts=1``); ``self.steps`` is not used."""
+        if self.restarts != 1:
+            raise ValueError(f"iterates follow one run; this PGD has restarts={self.restarts}")
+        steps = list(steps)
+        check_positive_ints(**{f"steps[{i}]": s for i, s in enumerate(steps)})
+        if steps != sorted(steps):
+            raise ValueError(f"steps must be non-decreasing, got {steps}")
+        if generator is None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        return self._follow(model, x.detach(), y, steps, generator)
+
+    def _follow(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: list[int],
+                generator: torch.Generator) -> Iterator[torch.Tensor]:
+        current, done = None, 0
+        for s in steps:
+            # entered per segment, so that the caller's code between two iterates runs in its own modes
+            with self.prepared(model, x, y, generator):
+                if current is None:
+                    current = uniform_start(x, self.eps, generator) if self.random_start else x
+                current = iterate_sign_steps(model, x, current, summed_cross_entropy(y), self.eps, self.alpha,
+                                             s - done)
+            done = s
+            yield current.detach().to(dtype=x.dtype)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ..attacks.base import Attack
+from ..attacks.pgd import PGD
 from ..attacks.primitives import RANGE_TOLERANCE, check_inputs, check_labels
 from .prediction import predict
 
@@ -89,6 +90,57 @@ def _check_adversarial(name: str, attack: Attack, x: torch.Tensor, x_adv: torch.
                                f"by {overshoot:.3g}")
 
 
+def shared_trajectories(named: Sequence[tuple[str, Attack]]) -> dict[str, list[tuple[str, PGD]]]:
+    """Single-run PGD attacks of ``named`` that differ only in their number of steps
+    (:meth:`~advlib.attacks.pgd.PGD.shares_trajectory_with`), grouped by the name of each group's
+    first member, in increasing steps: one trajectory gives all their results. Groups of one are left out."""
+    groups: list[list[tuple[str, PGD]]] = []
+    for name, attack in named:
+        if not isinstance(attack, PGD) or attack.restarts != 1:
+            continue
+        group = next((g for g in groups if g[0][1].shares_trajectory_with(attack)), None)
+        if group is None:
+            groups.append([(name, attack)])
+        else:
+            group.append((name, attack))
+    return {group[0][0]: sorted(group, key=lambda member: member[1].steps) for group in groups if len(group) > 1}
+
+
+def _adversarial_batches(members: list[tuple[str, Attack]], model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         generator: torch.Generator) -> Iterator[torch.Tensor]:
+    if len(members) == 1:
+        yield members[0][1](model, x, y, generator=generator)
+    else:
+        yield from members[0][1].iterates(model, x, y, [attack.steps for _, attack in members], generator=generator)
+
+
+def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, members: list[tuple[str, Attack]],
+             candidates: torch.Tensor, eligible: torch.Tensor, keep_adversarial: Sequence[str],
+             batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, float]]:
+    """Per member of ``members`` (one attack, or PGDs along one trajectory): who stays robust among
+    ``candidates``, the adversarial images if kept, and the seconds it cost (along a trajectory, the
+    steps it added to the previous member's)."""
+    device = next(model.parameters()).device
+    robust = {name: eligible.clone() for name, _ in members}
+    kept = {name: x.detach().cpu().clone() for name, _ in members if name in keep_adversarial}
+    seconds = dict.fromkeys(robust, 0.0)
+    generator = torch.Generator(device=device).manual_seed(members[0][1].seed)
+    for batch in candidates.split(batch_size) if len(candidates) else ():
+        x_batch, y_batch = x[batch].to(device), y[batch].to(device)
+        started = time.perf_counter()
+        for (name, attack), x_adv in zip(members, _adversarial_batches(members, model, x_batch, y_batch, generator)):
+            _check_adversarial(name, attack, x_batch, x_adv)
+            robust[name][batch] = (predict(model, x_adv, batch_size).argmax(1) == y_batch).cpu()
+            if name in kept:
+                kept[name][batch] = x_adv.cpu()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            seconds[name] += now - started
+            started = now
+    return {name: (robust[name], kept.get(name), seconds[name]) for name, _ in members}
+
+
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     attacks: dict[str, Attack] | Sequence[tuple[str, Attack]], batch_size: int = 256,
                     cascade: bool = True, keep_adversarial: Sequence[str] = ()) -> RobustnessReport:
@@ -98,8 +150,11 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     (the default, as in AutoAttack) each attack only runs on the examples every earlier attack
     failed on: the worst case is the same and the evaluation is cheaper, but the per-attack rows
     become cumulative. Each attack draws its randomness from one generator seeded by its ``seed``
-    and shared by its batches, so the report is reproducible. The adversarial examples of the
-    attacks named in ``keep_adversarial`` are kept in the report (e.g. to test them on another model).
+    and shared by its batches, so the report is reproducible. Without ``cascade``, PGD attacks that
+    differ only in their number of steps (DYNAT's PGD-10/20/50) are read off one trajectory
+    (:func:`shared_trajectories`): the results of separate runs, for the cost of the longest. The
+    adversarial examples of the attacks named in ``keep_adversarial`` are kept in the report (e.g.
+    to test them on another model).
     """
     check_inputs(x, y)
     named = list(attacks.items()) if isinstance(attacks, dict) else list(attacks)
@@ -115,22 +170,16 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     clean = (logits.argmax(1) == y.to(device)).cpu()
     survivors = clean.clone()
     report = RobustnessReport(clean, {}, survivors, cascade=cascade)
+    shared = {} if cascade else shared_trajectories(named)
+    measured: dict[str, tuple[torch.Tensor, torch.Tensor | None, float]] = {}
     for name, attack in named:
         eligible = survivors if cascade else clean
-        candidates, robust = eligible.nonzero().flatten(), eligible.clone()
-        generator = torch.Generator(device=device).manual_seed(attack.seed)
-        kept = x.detach().cpu().clone() if name in keep_adversarial else None
-        started = time.perf_counter()
-        for batch in candidates.split(batch_size) if len(candidates) else ():
-            x_batch, y_batch = x[batch].to(device), y[batch].to(device)
-            x_adv = attack(model, x_batch, y_batch, generator=generator)
-            _check_adversarial(name, attack, x_batch, x_adv)
-            robust[batch] = (predict(model, x_adv, batch_size).argmax(1) == y_batch).cpu()
-            if kept is not None:
-                kept[batch] = x_adv.cpu()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        report.seconds[name] = time.perf_counter() - started
+        candidates = eligible.nonzero().flatten()
+        if name not in measured:
+            members = shared.get(name, [(name, attack)])
+            measured.update(_measure(model, x, y, members, candidates, eligible, keep_adversarial, batch_size))
+        robust, kept, seconds = measured.pop(name)
+        report.seconds[name] = seconds
         report.attacked[name] = len(candidates)
         report.per_attack[name] = robust
         if kept is not None:
