@@ -129,18 +129,22 @@ def test_grid_table_by_hand():
     assert reporting.grid_table({}, ["x"], row_label="row").splitlines()[0] == "| row | x |"
 
 
-def test_the_evaluation_sentence_names_every_budget():
+def test_the_evaluation_sentence_names_every_budget_and_the_table_s_attacks():
     evaluation = {"cw_steps": 20, "cw_restarts": 1, "autoattack_iterations": 25, "autoattack_targets": 3,
                   "square_queries": 300, "autoattack_subset": 200}
-    assert reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, evaluation) == (
-        "ε = 0.1, step 0.025; FGSM, PGD-20, CW-∞ 20 steps × 1 restart; AutoAttack (standard) with 25 iterations "
-        "per white-box attack, 3 target classes for APGD-T and FAB-T and 300 Square queries, on the first 200 "
-        "evaluation images")
+    dynat = ("clean", "PGD-10", "PGD-20", "PGD-50", "CW", "AA")
+    assert reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, evaluation, dynat) == (
+        "ε = 0.1, step 0.025; PGD-10, PGD-20, PGD-50, CW-∞ 20 steps × 1 restart; AutoAttack (standard) with 25 "
+        "iterations per white-box attack, 3 target classes for APGD-T and FAB-T and 300 Square queries, on the "
+        "first 200 evaluation images")
+    saad = ("clean", "FGSM", "PGD-20", "CW", "AA")
     paper = {**evaluation, "cw_restarts": 10, "autoattack_subset": None}
-    sentence = reporting.describe_evaluation({"eps": 8 / 255, "alpha": 2 / 255}, paper)
+    sentence = reporting.describe_evaluation({"eps": 8 / 255, "alpha": 2 / 255}, paper, saad)
     assert sentence.startswith("ε = 0.03137, step 0.007843; FGSM, PGD-20, CW-∞ 20 steps × 10 restarts;")
     assert sentence.endswith("on all evaluation images")
-    two = reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, {**evaluation, "cw_restarts": 2})
+    two = reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, {**evaluation, "cw_restarts": 2}, saad)
     assert "CW-∞ 20 steps × 2 restarts;" in two
     unsaid = {key: value for key, value in evaluation.items() if key != "cw_restarts"}
-    assert "CW-∞ 20 steps × 1 restart;" in reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, unsaid)
+    assert "CW-∞ 20 steps × 1 restart;" in reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, unsaid, saad)
+    assert reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, {}, ("clean", "PGD-20")) == (
+        "ε = 0.1, step 0.025; PGD-20")

@@ -143,13 +143,20 @@ def grid_table(table: Mapping[str, Mapping[str, Any]], columns: Sequence[str], r
     return "\n".join(lines)
 
 
-def describe_evaluation(eval_attack: Mapping[str, float], evaluation: Mapping[str, Any]) -> str:
-    """One sentence naming a chapter's evaluation attacks and their budgets, from its profile
-    section (``eval_attack`` and ``evaluation``), for the line above a results table."""
-    restarts = evaluation.get("cw_restarts", 1)
-    aa_images = (f"the first {evaluation['autoattack_subset']}" if evaluation["autoattack_subset"] else "all")
-    return (f"ε = {eval_attack['eps']:.4g}, step {eval_attack['alpha']:.4g}; FGSM, PGD-20, CW-∞ {evaluation['cw_steps']} "
-            f"steps × {restarts} restart{'s' if restarts > 1 else ''}; AutoAttack (standard) with "
-            f"{evaluation['autoattack_iterations']} iterations per white-box attack, {evaluation['autoattack_targets']} "
-            f"target classes for APGD-T and FAB-T and {evaluation['square_queries']} Square queries, on "
-            f"{aa_images} evaluation images")
+def describe_evaluation(eval_attack: Mapping[str, float], evaluation: Mapping[str, Any], columns: Sequence[str]) -> str:
+    """One sentence naming the evaluation attacks of a table with ``columns`` (e.g. DYNAT's "PGD-10",
+    "PGD-20", "PGD-50", "CW", "AA") and their budgets, from a chapter's profile section
+    (``eval_attack`` and ``evaluation``), for the line above the results table."""
+    parts = [f"ε = {eval_attack['eps']:.4g}, step {eval_attack['alpha']:.4g}"]
+    named = [column for column in columns if column not in ("clean", "CW", "AA")]
+    if "CW" in columns:
+        restarts = evaluation.get("cw_restarts", 1)
+        named.append(f"CW-∞ {evaluation['cw_steps']} steps × {restarts} restart{'s' if restarts > 1 else ''}")
+    if named:
+        parts.append(", ".join(named))
+    if "AA" in columns:
+        aa_images = (f"the first {evaluation['autoattack_subset']}" if evaluation["autoattack_subset"] else "all")
+        parts.append(f"AutoAttack (standard) with {evaluation['autoattack_iterations']} iterations per white-box "
+                     f"attack, {evaluation['autoattack_targets']} target classes for APGD-T and FAB-T and "
+                     f"{evaluation['square_queries']} Square queries, on {aa_images} evaluation images")
+    return "; ".join(parts)
