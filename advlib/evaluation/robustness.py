@@ -96,7 +96,7 @@ def shared_trajectories(named: Sequence[tuple[str, Attack]]) -> dict[str, list[t
     first member, in increasing steps: one trajectory gives all their results. Groups of one are left out."""
     groups: list[list[tuple[str, PGD]]] = []
     for name, attack in named:
-        if not isinstance(attack, PGD) or attack.restarts != 1:
+        if not isinstance(attack, PGD):
             continue
         group = next((g for g in groups if g[0][1].shares_trajectory_with(attack)), None)
         if group is None:
@@ -115,16 +115,17 @@ def _adversarial_batches(members: list[tuple[str, Attack]], model: nn.Module, x:
 
 
 def _measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, members: list[tuple[str, Attack]],
-             candidates: torch.Tensor, eligible: torch.Tensor, keep_adversarial: Sequence[str],
+             eligible: torch.Tensor, keep_adversarial: Sequence[str],
              batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, float]]:
-    """Per member of ``members`` (one attack, or PGDs along one trajectory): who stays robust among
-    ``candidates``, the adversarial images if kept, and the seconds it cost (along a trajectory, the
-    steps it added to the previous member's)."""
+    """Per member of ``members`` (one attack, or PGDs along one trajectory), attacking the
+    ``eligible`` images: who stays robust, the adversarial images if kept, and the seconds it cost
+    (along a trajectory, the steps it added to the previous member's)."""
     device = next(model.parameters()).device
     robust = {name: eligible.clone() for name, _ in members}
     kept = {name: x.detach().cpu().clone() for name, _ in members if name in keep_adversarial}
     seconds = dict.fromkeys(robust, 0.0)
     generator = torch.Generator(device=device).manual_seed(members[0][1].seed)
+    candidates = eligible.nonzero().flatten()
     for batch in candidates.split(batch_size) if len(candidates) else ():
         x_batch, y_batch = x[batch].to(device), y[batch].to(device)
         started = time.perf_counter()
@@ -174,13 +175,12 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     measured: dict[str, tuple[torch.Tensor, torch.Tensor | None, float]] = {}
     for name, attack in named:
         eligible = survivors if cascade else clean
-        candidates = eligible.nonzero().flatten()
         if name not in measured:
             members = shared.get(name, [(name, attack)])
-            measured.update(_measure(model, x, y, members, candidates, eligible, keep_adversarial, batch_size))
+            measured.update(_measure(model, x, y, members, eligible, keep_adversarial, batch_size))
         robust, kept, seconds = measured.pop(name)
         report.seconds[name] = seconds
-        report.attacked[name] = len(candidates)
+        report.attacked[name] = int(eligible.sum())
         report.per_attack[name] = robust
         if kept is not None:
             report.adversarial[name] = kept
