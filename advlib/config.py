@@ -117,7 +117,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                            "autoattack_targets": 3},
         },
         "leaderboard": {
-            # Chapter 9: AutoAttack (standard) on the same 200 test images for every defence, at the
+            # Chapters 9 and 10: AutoAttack (standard) on the same 200 test images for every defence, at the
             # purifier's 8/255 and at the adversarial chapters' 0.1 (the purifiers at the 8/255 they
             # were trained for only); the checklist on 30 of them.
             # The reference's budgets (100 iterations, 9 target classes, 5000 queries) for every row
@@ -217,7 +217,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                            "autoattack_targets": 9},
         },
         "leaderboard": {
-            # Chapter 9: AutoAttack on the same 1000 test images for every defence at 8/255
+            # Chapters 9 and 10: AutoAttack on the same 1000 test images for every defence at 8/255
             "eval_subset": 1000, "epsilons": [8 / 255], "autoattack_iterations": 100, "square_queries": 5000,
             "autoattack_targets": 9,
             "check_subset": 500, "check_steps": 20, "large_eps": 0.5, "check_square_queries": 5000,

@@ -1,4 +1,4 @@
-"""Which rows chapter 9's leaderboard holds, and the AutoAttack budgets it builds from a profile."""
+"""Which rows chapter 10's leaderboard holds, and the AutoAttack budgets it builds from a profile."""
 from __future__ import annotations
 
 import pytest
@@ -69,9 +69,39 @@ def test_precompute_caches_what_the_chapter_asks_for(monkeypatch):
     assert {leaderboard.job_path(run, job) for job in jobs} == asked
 
 
+def test_chapter_9_precomputes_exactly_the_purifiers_threat_models(monkeypatch):
+    """Chapter 9 computes the AutoAttack runs behind the purifier's four threat-model rows and
+    nothing else (the other rows and the checklists are chapter 10's): the same files that
+    ``outcomes`` loads for the purifier."""
+    import importlib
+
+    from advlib import cache
+
+    leaderboard = importlib.import_module("advlib.recipes.leaderboard")
+    run = config.setup("quick", device="cpu", quiet=True)
+    purifier_eps = run.config["purification"]["train_attack"]["eps"]
+    asked = set()
+
+    def record(kind, key, compute, root=None, verbose=True):
+        asked.add(cache.artifact_path(kind, key, root))
+        return {"x_adv": torch.zeros(1)}
+
+    monkeypatch.setattr(cache, "load_or_compute", record)
+    for threat in leaderboard.threats_of(recipes.PURIFIER):
+        source, bpda = leaderboard.attack_source(recipes.PURIFIER, threat)
+        leaderboard.adversarial_examples(run, source, purifier_eps, bpda)
+    jobs = leaderboard.evaluation_jobs(run, [recipes.PURIFIER], checklists=False)
+    assert len(asked) == len(recipes.THREATS) == len(jobs)
+    assert {leaderboard.job_path(run, job) for job in jobs} == asked
+    with_checklist = leaderboard.evaluation_jobs(run, [recipes.PURIFIER])
+    assert with_checklist == jobs + [("checklist", recipes.PURIFIER)]
+    with pytest.raises(ValueError, match="unknown defence.*'purifer'"):
+        leaderboard.evaluation_jobs(run, ["purifer"])
+
+
 def test_chapters_6_to_8_run_autoattack_on_the_leaderboards_images():
     """1000 evaluation images with AutoAttack on the first 200 are the leaderboard's 200: the same
-    images (nested samples) under the same cache key, so chapter 9 loads what chapters 6-8 computed."""
+    images (nested samples) under the same cache key, so chapter 10 loads what chapters 6-8 computed."""
     from advlib.recipes.common import autoattack_key
     run = config.setup("quick", device="cpu", quiet=True)
     chapter = run.config["adversarial_training"]["evaluation"]

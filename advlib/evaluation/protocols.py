@@ -67,8 +67,8 @@ class NoisyPurifier(nn.Module):
 def folded(model: nn.Module) -> nn.Module:
     """The function of ``model`` in eval mode with every BatchNorm that follows a convolution folded
     into it (torch.fx's fusion; those after a transposed convolution stay): the same logits up to
-    float rounding and the same input gradients, for attacking a fixed model faster (chapter 9's
-    purifier behind its ResNet20: forward-backward 289 → 230 ms per 128 Fashion-MNIST images on two
+    float rounding and the same input gradients, for attacking a fixed model faster (the purifier of
+    chapters 9-10 behind its ResNet20: forward-backward 289 → 230 ms per 128 Fashion-MNIST images on two
     CPU cores). A purified model is folded part by part, so that its BPDA version can still be built
     from it; a model that torch.fx cannot trace is returned unchanged. Only for evaluation: the copy
     has no BatchNorm statistics to train."""

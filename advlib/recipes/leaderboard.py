@@ -1,12 +1,13 @@
-"""Chapter 9: every defence of the book under one adaptive evaluation — the purifier under each
-threat model next to the adversarially trained and the distilled models — the evaluation checklist
-run on each, and one leaderboard with confidence intervals and paired tests."""
+"""Chapters 9 and 10: every defence of the book under one adaptive evaluation — the purifier under
+each threat model (chapter 9) next to the adversarially trained and the distilled models — the
+evaluation checklist run on each, and one leaderboard with confidence intervals and paired tests
+(chapter 10)."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ def adversarial_examples(run: Run, name: str, eps: float, bpda: bool = False) ->
     ``name`` (with ``bpda``, on a purifier's BPDA version): :func:`~.common.autoattack_examples` with the
     ``leaderboard`` section's budgets. Every threat model that attacks through the same model reuses
     them (the gray-box examples are the undefended classifier's, the transfer examples PGD-AT's).
-    Quiet: :func:`precompute` reports what chapter 9 computed."""
+    Quiet: :func:`precompute` reports what chapters 9 and 10 computed."""
     entry = defences(run)[name]
     return autoattack_examples(run, entry.config, entry.load, eps, run.config["leaderboard"], bpda, verbose=False)
 
@@ -213,16 +214,23 @@ def checklist(run: Run, name: str) -> list[dict[str, Any]]:
     return [{"defense": name, "eps": checklist_budget(run, name), **row} for row in rows]
 
 
-def evaluation_jobs(run: Run) -> list[tuple[Any, ...]]:
-    """What chapter 9 computes, each once: ``("examples", defence, eps, bpda)`` for every AutoAttack
-    run the leaderboard's rows score (:func:`attack_source`), and ``("checklist", defence)`` for
-    every defence."""
+def evaluation_jobs(run: Run, names: Iterable[str] | None = None, checklists: bool = True) -> list[tuple[Any, ...]]:
+    """What chapters 9 and 10 compute, each once: ``("examples", defence, eps, bpda)`` for every
+    AutoAttack run that the leaderboard's rows of the defences ``names`` (all of them when None)
+    score (:func:`attack_source`), and, with ``checklists``, ``("checklist", defence)`` for each of
+    those defences."""
+    chosen = list(defences(run)) if names is None else list(names)
+    unknown = [name for name in chosen if name not in defences(run)]
+    if unknown:
+        raise ValueError(f"unknown defence(s) {unknown}; the book's defences are {list(defences(run))}")
     jobs: list[tuple[Any, ...]] = []
     for eps in run.config["leaderboard"]["epsilons"]:
         for name, threat in leaderboard_rows(run, eps):
-            source, bpda = attack_source(name, threat)
-            jobs.append(("examples", source, eps, bpda))
-    jobs += [("checklist", name) for name in defences(run)]
+            if name in chosen:
+                source, bpda = attack_source(name, threat)
+                jobs.append(("examples", source, eps, bpda))
+    if checklists:
+        jobs += [("checklist", name) for name in chosen]
     return list(dict.fromkeys(jobs))
 
 
@@ -235,13 +243,13 @@ def job_path(run: Run, job: tuple[Any, ...]) -> Path:
                                autoattack_key(run, defences(run)[name].config, eps, run.config["leaderboard"], bpda))
 
 
-def precompute(run: Run) -> str:
-    """Compute what :func:`evaluation_jobs` lists and the cache lacks, the purifiers' jobs first
-    (they cost the most), without a line per model loaded (a model that has to be trained first
-    still reports); the chapter's later cells load the results. Returns a one-line summary. (Two
-    worker processes of one thread each took longer than this one process with two threads: 365 s
-    against 309 s for the quick profile's jobs on two cores.)"""
-    jobs = evaluation_jobs(run)
+def precompute(run: Run, names: Iterable[str] | None = None, checklists: bool = True) -> str:
+    """Compute what :func:`evaluation_jobs` lists for ``names`` and ``checklists`` and the cache
+    lacks, the purifiers' jobs first (they cost the most), without a line per model loaded (a model
+    that has to be trained first still reports); the chapter's later cells load the results. Returns
+    a one-line summary. (Two worker processes of one thread each took longer than this one process
+    with two threads: 365 s against 309 s for the quick profile's jobs on two cores.)"""
+    jobs = evaluation_jobs(run, names, checklists)
     todo = [job for job in jobs if not job_path(run, job).exists()]
     started = time.time()
     todo.sort(key=lambda job: (job[1] not in (PURIFIER, PURIFIER_TEACHER), job[0] == "checklist"))
@@ -251,7 +259,8 @@ def precompute(run: Run) -> str:
                 checklist_attacks(run, job[1])
             else:
                 adversarial_examples(run, job[1], job[2], job[3])
+    what = "AutoAttack runs and checklists" if checklists else "AutoAttack runs"
     if not todo:
-        return f"all {len(jobs)} evaluations of this chapter (AutoAttack runs and checklists) came from the cache"
-    return (f"computed {len(todo)} of the chapter's {len(jobs)} evaluations (AutoAttack runs and checklists) in "
+        return f"all {len(jobs)} evaluations of this chapter ({what}) came from the cache"
+    return (f"computed {len(todo)} of the chapter's {len(jobs)} evaluations ({what}) in "
             f"{time.time() - started:.0f} s; {len(jobs) - len(todo)} came from the cache")
