@@ -421,12 +421,13 @@ def test_pgds_of_different_lengths_are_read_off_one_trajectory():
     named = {f"PGD-{steps}": attack for steps, attack in pgd.items()}
     named["other seed"] = attacks.build("pgd", eps=0.1, alpha=0.02, steps=3, seed=4)
     passes = gradient_passes(model)
-    together = robust_accuracy(model, x, y, named, batch_size=16, cascade=False, keep_adversarial=tuple(named))
+    together = robust_accuracy(model, x, y, named, batch_size=4, cascade=False, keep_adversarial=tuple(named))
     assert list(together.per_attack) == list(named)
     attacked = int(together.clean.sum())
+    assert attacked > 4  # several batches: the trajectory continues the one generator from batch to batch
     assert sum(passes) == (8 + 3) * attacked
     for name, attack in named.items():
-        alone = robust_accuracy(model, x, y, {name: attack}, batch_size=16, keep_adversarial=(name,))
+        alone = robust_accuracy(model, x, y, {name: attack}, batch_size=4, keep_adversarial=(name,))
         assert torch.equal(together.per_attack[name], alone.per_attack[name]), name
         assert torch.equal(together.adversarial[name], alone.adversarial[name]), name
         assert together.attacked[name] == alone.attacked[name] == attacked
@@ -448,6 +449,7 @@ def test_only_single_pgd_runs_with_the_same_settings_share_a_trajectory():
     assert list(groups) == ["a"]
     assert [name for name, _ in groups["a"]] == ["b", "c", "a"]
     assert shared_trajectories(named[2:9]) == {}
+    assert [name for name, _ in shared_trajectories(named[:2])["a"]] == ["b", "a"]  # a pair shares too
 
 
 def test_cascading_pgds_run_one_after_another():
@@ -608,6 +610,24 @@ def test_robust_accuracy_shares_one_generator_across_an_attacks_batches():
     generator = torch.Generator().manual_seed(3)
     expected = torch.cat([pgd(model, x[i:i + 2], y[i:i + 2], generator=generator) for i in range(0, 5, 2)])
     assert torch.equal(report.adversarial["pgd"], expected)
+
+
+def test_robust_accuracy_adds_up_the_seconds_of_every_batch(monkeypatch):
+    """An attack's seconds are the sum over its batches; along a shared trajectory each PGD is
+    charged the steps it added. A clock that advances one second per reading makes each batch of
+    each attack cost exactly one second."""
+    import itertools
+
+    import advlib.evaluation.robustness as robustness
+
+    model, x, y = linear_4x4()
+    clock = itertools.count()
+    monkeypatch.setattr(robustness.time, "perf_counter", lambda: float(next(clock)))
+    named = {steps: attacks.build("pgd", eps=0.1, alpha=0.02, steps=steps, seed=3) for steps in (1, 2)}
+    report = robust_accuracy(model, x, y, named, batch_size=2, cascade=False)
+    batches = -(-int(report.clean.sum()) // 2)
+    assert batches >= 2
+    assert report.seconds == {1: batches, 2: batches}
 
 
 def test_robust_accuracy_default_batch_is_256():
