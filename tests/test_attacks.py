@@ -617,12 +617,13 @@ def test_robust_accuracy_adds_up_the_seconds_of_every_batch(monkeypatch):
     charged the steps it added. A clock that advances one second per reading makes each batch of
     each attack cost exactly one second."""
     import itertools
+    from types import SimpleNamespace
 
     import advlib.evaluation.robustness as robustness
 
     model, x, y = linear_4x4()
-    clock = itertools.count()
-    monkeypatch.setattr(robustness.time, "perf_counter", lambda: float(next(clock)))
+    clock = itertools.count()  # only robust_accuracy's readings advance it
+    monkeypatch.setattr(robustness, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
     named = {steps: attacks.build("pgd", eps=0.1, alpha=0.02, steps=steps, seed=3) for steps in (1, 2)}
     report = robust_accuracy(model, x, y, named, batch_size=2, cascade=False)
     batches = -(-int(report.clean.sum()) // 2)

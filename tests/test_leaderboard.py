@@ -1,11 +1,16 @@
 """Which rows chapter 10's leaderboard holds, and the AutoAttack budgets it builds from a profile."""
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
-from advlib import config, recipes
+from advlib import cache, config, recipes
 from advlib.evaluation.protocols import autoattack_standard
+
+# the package exports a function of the same name
+leaderboard = importlib.import_module("advlib.recipes.leaderboard")
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])
@@ -40,24 +45,23 @@ def test_budgets_print_as_the_papers_write_them():
     assert format_eps(0.1) == "0.1" and format_eps(0.5) == "0.5"
 
 
-def test_precompute_caches_what_the_chapter_asks_for(monkeypatch):
-    """Every AutoAttack run of the leaderboard's rows and every checklist is one job of
-    ``evaluation_jobs``, and each job is looked up under the key the chapter's cells will load."""
-    import importlib
-
-    import torch
-
-    from advlib import cache
-
-    leaderboard = importlib.import_module("advlib.recipes.leaderboard")
-    run = config.setup("quick", device="cpu", quiet=True)
-    asked = set()
+@pytest.fixture
+def asked(monkeypatch) -> set:
+    """The cache files the code under test looks up (nothing is computed or loaded)."""
+    paths = set()
 
     def record(kind, key, compute, root=None, verbose=True):
-        asked.add(cache.artifact_path(kind, key, root))
+        paths.add(cache.artifact_path(kind, key, root))
         return {"x_adv": torch.zeros(1)}
 
     monkeypatch.setattr(cache, "load_or_compute", record)
+    return paths
+
+
+def test_precompute_caches_what_the_chapter_asks_for(asked):
+    """Every AutoAttack run of the leaderboard's rows and every checklist is one job of
+    ``evaluation_jobs``, and each job is looked up under the key the chapter's cells will load."""
+    run = config.setup("quick", device="cpu", quiet=True)
     for eps in run.config["leaderboard"]["epsilons"]:
         for name, threat in recipes.leaderboard_rows(run, eps):
             source, bpda = leaderboard.attack_source(name, threat)
@@ -69,24 +73,12 @@ def test_precompute_caches_what_the_chapter_asks_for(monkeypatch):
     assert {leaderboard.job_path(run, job) for job in jobs} == asked
 
 
-def test_chapter_9_precomputes_exactly_the_purifiers_threat_models(monkeypatch):
+def test_chapter_9_precomputes_exactly_the_purifiers_threat_models(asked):
     """Chapter 9 computes the AutoAttack runs behind the purifier's four threat-model rows and
     nothing else (the other rows and the checklists are chapter 10's): the same files that
     ``outcomes`` loads for the purifier."""
-    import importlib
-
-    from advlib import cache
-
-    leaderboard = importlib.import_module("advlib.recipes.leaderboard")
     run = config.setup("quick", device="cpu", quiet=True)
     purifier_eps = run.config["purification"]["train_attack"]["eps"]
-    asked = set()
-
-    def record(kind, key, compute, root=None, verbose=True):
-        asked.add(cache.artifact_path(kind, key, root))
-        return {"x_adv": torch.zeros(1)}
-
-    monkeypatch.setattr(cache, "load_or_compute", record)
     for threat in leaderboard.threats_of(recipes.PURIFIER):
         source, bpda = leaderboard.attack_source(recipes.PURIFIER, threat)
         leaderboard.adversarial_examples(run, source, purifier_eps, bpda)

@@ -219,10 +219,11 @@ def evaluation_jobs(run: Run, names: Iterable[str] | None = None, checklists: bo
     AutoAttack run that the leaderboard's rows of the defences ``names`` (all of them when None)
     score (:func:`attack_source`), and, with ``checklists``, ``("checklist", defence)`` for each of
     those defences."""
-    chosen = list(defences(run)) if names is None else list(names)
-    unknown = [name for name in chosen if name not in defences(run)]
+    known = list(defences(run))
+    chosen = known if names is None else list(names)
+    unknown = [name for name in chosen if name not in known]
     if unknown:
-        raise ValueError(f"unknown defence(s) {unknown}; the book's defences are {list(defences(run))}")
+        raise ValueError(f"unknown defence(s) {unknown}; the book's defences are {known}")
     jobs: list[tuple[Any, ...]] = []
     for eps in run.config["leaderboard"]["epsilons"]:
         for name, threat in leaderboard_rows(run, eps):
