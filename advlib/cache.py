@@ -35,7 +35,7 @@ from . import paths
 CODE_VERSIONS: dict[str, int] = {
     "classifier": 2,               # initial weights drawn from the run's seed alone
     "purifier-pairs": 1,
-    "purifier": 3,                 # initial weights drawn from the run's seed alone
+    "purifier": 4,                 # histories record train_acc_adv on a fixed sample of training pairs
     "at": 3,                       # initial weights drawn from the run's seed alone
     "at-evaluation": 4,            # per-image outcomes (confidence intervals, paired tests)
     "distilled": 3,                # initial weights drawn from the student's seed

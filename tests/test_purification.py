@@ -291,6 +291,25 @@ def test_student_recipe_trains_with_the_profiles_loss_settings(monkeypatch):
     assert recipe.purifier_student_loss(literal).nt_sees_clean is False
 
 
+def test_student_recipe_gives_the_classifier_only_to_a_logit_space_loss(monkeypatch):
+    """In pixel space f would only score the training batches (a forward pass per step that the
+    history's train_acc_adv replaces); in logit space L_kd itself needs it."""
+    import importlib
+
+    recipe = importlib.import_module("advlib.recipes.purification")
+    classifier = nn.Identity()
+    monkeypatch.setattr(recipe, "purifier_teacher", lambda run, kind: (SpyTeacher(), []))
+    monkeypatch.setattr(recipe, "classifier", lambda run: (classifier, []))
+    x, x_adv, y = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4), torch.tensor([0, 1, 0])
+
+    pixels = recipe.purifier_student_loss(config.setup("quick", quiet=True))
+    assert pixels.classifier is None
+    assert pixels(nn.Identity(), x, y, 0, x_adv)[1] is None
+    logits = recipe.purifier_student_loss(config.setup("quick", quiet=True,
+                                                       overrides={"purification.kd_space": "logits"}))
+    assert logits.classifier is classifier
+
+
 def test_student_trainer_in_logit_space_distils_the_classifiers_view():
     """kd_space="logits" (the other reading of g in L_kd): the KL compares f's softmax on the teacher's
     and the student's outputs; worked by hand for identity teachers and student and f = the first
