@@ -115,6 +115,18 @@ def test_maximize_linf_one_step_by_hand():
     assert torch.allclose(x_down, (x - eps).clamp(0, 1))
 
 
+def test_gaussian_start_is_the_reference_codes_start_given_the_same_draws():
+    """TRADES's code starts its inner maximisation at x + 0.001·N(0, I) (then projects onto the
+    ε-ball and [0, 1]): with the same generator state the start is exactly that sum."""
+    from advlib.defenses.adversarial_training import gaussian_start
+
+    x = torch.tensor([[0.0, 0.5, 1.0, 0.2]]).view(1, 1, 2, 2)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    start = gaussian_start(x, 0.0015, torch.Generator().manual_seed(3))
+    assert torch.equal(start, (x + 0.001 * noise).clamp(x - 0.0015, x + 0.0015).clamp(0, 1))
+    assert not torch.equal(start, (x - 0.001 * noise).clamp(x - 0.0015, x + 0.0015).clamp(0, 1))
+
+
 def test_trainers_craft_inside_the_ball_and_are_reproducible(small_pair):
     x, y = torch.rand(6, 1, 32, 32), torch.arange(6) % 10
     for name in ("pgd_at", "trades", "dynat", "dynat_awp", "dynat_inner_awp"):

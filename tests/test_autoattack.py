@@ -439,6 +439,91 @@ def test_fab_t_attacks_a_lone_image_and_caps_its_targets_at_the_wrong_classes(ro
         assert model(x_adv).argmax(1) != y  # a single (image, target) row: with ε = 1 it is fooled
 
 
+def test_fab_t_defaults_are_autoattacks_standard_fab():
+    """FAB-T built by name alone is the FAB of AutoAttack's standard version: 100 iterations, 9 target
+    classes, α_max = 0.1, η = 1.05, β = 0.9 (Croce & Hein 2020b, Sec. 5), seed 0 unless given."""
+    from pyautoattack import AutoAttack as ReferenceAutoAttack
+
+    reference = ReferenceAutoAttack(nn.Identity(), norm="Linf", eps=8 / 255, version="standard").fab
+    fab = attacks.build("fab-t")
+    assert (fab.eps, fab.n_iter, fab.n_target_classes, fab.alpha_max, fab.eta, fab.beta) == (
+        8 / 255, reference.n_iter, reference.n_target_classes, reference.alpha_max, reference.eta, reference.beta)
+    assert (fab.seed, fab.max_batch, attacks.build("fab-t", seed=7).seed) == (0, None, 7)
+    assert attacks.build("fab-t", max_batch=5).max_batch == 5
+
+
+@pytest.mark.parametrize("setting", ["n_iter", "n_target_classes", "max_batch"])
+@pytest.mark.parametrize("value", [0, 2.5, True])
+def test_fab_t_rejects_a_count_that_is_not_a_positive_integer(setting, value):
+    with pytest.raises(ValueError, match=f"{setting} must be a positive integer"):
+        attacks.build("fab-t", **{setting: value})
+
+
+def linear_two_class_model(w: torch.Tensor, b: float) -> nn.Module:
+    """Logits (0, ⟨w, x⟩ + b) of a flattened image: f = z_1 − z_0 is linear, so FAB's linearisation
+    is exact and its steps can be worked by hand."""
+    layer = nn.Linear(len(w), 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.stack((torch.zeros_like(w), w)))
+        layer.bias.copy_(torch.tensor([0.0, b]))
+    return nn.Sequential(nn.Flatten(), layer)
+
+
+def test_fab_t_on_a_linear_model_keeps_each_images_first_point_within_eps():
+    """Worked by hand (Croce & Hein 2020, Sec. 3). For linear f = ⟨w, x⟩ + b < 0 the smallest L∞ step
+    onto the boundary is d = −f(x)/‖w‖₁ · sign(w), and from x^{(0)} = x_orig the first iterate is
+    x + η d whatever α: at distance 1.05 r, r = |f(x)|/‖w‖₁. Image A (r = 0.02) is fooled there, within
+    ε = 0.102, and that first point is its result; image B (r = 0.1) is not, but after the backward
+    step (β = 0.9) the next iterate lies at ≈ 1.005 r, within ε: B keeps being attacked after A
+    leaves the batch. With ε set to exactly A's distance, that point still counts (‖δ‖∞ ≤ ε)."""
+    w = torch.tensor([1.0, -2.0, 0.5, 1.5])
+    model = linear_two_class_model(w, b=0.0)
+    centre = torch.full((4,), 0.5)
+    r = {"A": 0.02, "B": 0.1}
+    # x = 0.5 − r·sign(w): then f(x) = ⟨w, 0.5⟩ − r‖w‖₁ with ⟨w, 0.5⟩ = 0.5
+    x = torch.stack([centre - (r[k] + 0.5 / w.abs().sum()) * w.sign() for k in ("A", "B")]).view(2, 1, 2, 2)
+    y = torch.zeros(2, dtype=torch.long)
+    f = x.flatten(1) @ w
+    assert (f < 0).all() and torch.allclose(-f / w.abs().sum(), torch.tensor([r["A"], r["B"]]))
+    d = (-f / w.abs().sum())[:, None] * w.sign()
+
+    x_adv = attacks.build("fab-t", eps=0.102, n_iter=5)(model, x, y)
+    assert torch.allclose(x_adv[0].flatten(), x[0].flatten() + 1.05 * d[0], atol=1e-6)
+    distance_b = (x_adv[1] - x[1]).abs().max()
+    assert model(x_adv[1:]).argmax(1).item() == 1 and r["B"] < distance_b <= 0.102
+
+    distance_a = float((x_adv[0] - x[0]).abs().max())
+    at_the_boundary = attacks.build("fab-t", eps=distance_a, n_iter=5)(model, x[:1], y[:1])
+    assert torch.equal(at_the_boundary, x_adv[:1])
+
+
+class CountingPasses(nn.Module):
+    """``model`` that counts its forward passes with and without autograd."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.with_grad, self.without_grad = model, 0, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.with_grad += 1
+        else:
+            self.without_grad += 1
+        return self.model(x)
+
+
+def test_fab_t_takes_one_forward_backward_per_iteration_while_no_row_is_adversarial():
+    """The cost FAB-T's docstring promises: while most rows stay robust, the forward pass that checks
+    x^{(i+1)} also gives the next gradient, so n iterations cost n forward-backward passes (the
+    first at x) and plain forward passes only for the label check, the clean prediction and the last
+    iterate. Here f = ⟨1, x⟩ − 10 < 0 on all of [0, 1]^4: no point is adversarial."""
+    model = CountingPasses(linear_two_class_model(torch.ones(4), b=-10.0))
+    x, y = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.zeros(3, dtype=torch.long)
+    x_adv = attacks.build("fab-t", eps=0.5, n_iter=6)(model, x, y)
+    assert torch.equal(x_adv, x)
+    assert (model.with_grad, model.without_grad) == (6, 3)
+
+
 def test_fab_projection_matches_reference():
     from pyautoattack.fab_projections import projection_linf
 
