@@ -40,7 +40,7 @@ from advlib.recipes import common
 from advlib.recipes.adversarial_training import AT_METHODS, adversarial_training_config
 from advlib.recipes.classifier import classifier_config
 from advlib.recipes.distillation import DISTILLATION_METHODS, distillation_config, distillation_trainer
-from advlib.recipes.purification import STUDENT_LOSS_KEYS
+from advlib.recipes.purification import student_trainer
 from advlib.training import fit, held_networks
 
 
@@ -53,13 +53,11 @@ def trainers(run: Run) -> dict[str, tuple[Callable[[], nn.Module], Callable[[], 
     table["classifier (ch. 1)"] = (lambda: network("classifier"),
                                    lambda: defenses.build("standard", seed=run.seed), classifier_config(run))
     purification = run.config["purification"]
-    kd = {k: purification[k] for k in STUDENT_LOSS_KEYS}
     purifier_trainers = {
         "purifier NT teacher (ch. 4)": lambda: defenses.build("purifier-nt"),
         "purifier AT teacher (ch. 4)": lambda: defenses.build("purifier-at", classifier=network("classifier")),
-        "purifier student (ch. 5)": lambda: defenses.build(
-            "purifier-kd", teachers={"at": network("purifier"), "nt": network("purifier")},
-            classifier=network("classifier"), **kd),
+        "purifier student (ch. 5)": lambda: student_trainer(
+            run, {"at": network("purifier"), "nt": network("purifier")}, lambda: network("classifier")),
     }
     for name, make in purifier_trainers.items():
         table[name] = (lambda: network("purifier"), make, purification)

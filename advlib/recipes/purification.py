@@ -102,16 +102,22 @@ def purifier_teacher(run: Run, kind: str, **architecture: Any) -> tuple[nn.Modul
 
 
 def purifier_student_loss(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> Any:
-    """The student's trainer (:class:`~advlib.defenses.purification.StudentLoss`) with the profile's
-    β, γ, KD space and teacher inputs, holding the cached (or freshly trained) ``teachers``.
-
-    The trainer gets the classifier only where L_kd needs it (``kd_space="logits"``): in pixel space
-    f's forward pass on S(x') would only feed a running training accuracy, and it took a quarter of
-    a CPU step; the history's ``train_acc_adv`` measures that accuracy after each epoch instead."""
-    spec = run.config["purification"]
+    """The student's trainer (:func:`student_trainer`) holding the cached (or freshly trained) ``teachers``."""
     teacher_models = {kind: purifier_teacher(run, kind)[0] for kind in sorted(teachers)}
-    frozen_classifier = classifier(run)[0] if spec["kd_space"] == "logits" else None
-    return defenses.build("purifier-kd", teachers=teacher_models, classifier=frozen_classifier,
+    return student_trainer(run, teacher_models, lambda: classifier(run)[0])
+
+
+def student_trainer(run: Run, teachers: dict[str, nn.Module], classifier_of: Callable[[], nn.Module]) -> Any:
+    """:class:`~advlib.defenses.purification.StudentLoss` with the profile's β, γ, KD space and
+    teacher inputs.
+
+    The trainer gets the classifier (``classifier_of()``) only where L_kd needs it
+    (``kd_space="logits"``): in pixel space f's forward pass on S(x') would only feed a running
+    training accuracy, and it took a quarter of a CPU step; the history's ``train_acc_adv`` measures
+    that accuracy after each epoch instead."""
+    spec = run.config["purification"]
+    frozen_classifier = classifier_of() if spec["kd_space"] == "logits" else None
+    return defenses.build("purifier-kd", teachers=teachers, classifier=frozen_classifier,
                           **{k: spec[k] for k in STUDENT_LOSS_KEYS})
 
 
