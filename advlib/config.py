@@ -78,6 +78,14 @@ PROFILES: dict[str, dict[str, Any]] = {
             "train_attack": {"eps": 0.1, "alpha": 0.04, "steps": 3},
             "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
             "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_start": 0.25},
+            # Table 1's other baselines with their papers' loss settings on the shared budget above;
+            # AWP and GAIRAT's reweighting start after the first quarter, as DYNAT-AWP's AWP does, and
+            # FAT's τ grows at the authors' fractions of training (epochs 51 and 91 of 120)
+            "mart": {"beta": 6.0},
+            "fat": {"tau": 0, "tau_starts": [50 / 120, 90 / 120]},
+            "gairat": {"lam": -1.0, "reweight_start": 0.25},
+            "awp": {"beta": 6.0, "awp_gamma": 0.005, "awp_start": 0.25},
+            "lbgat": {"beta": 0.0},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             "eval_attack": {"eps": 0.1, "alpha": 0.025},
             # Every attack on its own on 1000 test images; AutoAttack on the first 200 of them (the
@@ -178,6 +186,43 @@ PROFILES: dict[str, dict[str, Any]] = {
             # script, which trains CIFAR-100
             # AWP from epoch 10 of 100: after 9 % of training (a fraction, so that it scales with epochs)
             "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_start": 0.09},
+            # Table 1's other baselines, each with its own authors' CIFAR-10 settings (the target stays
+            # WRN-34-10, as in Table 1; batch 128, momentum 0.9). "training" replaces the shared
+            # settings above; schedule points are fractions of training at which an epoch starts.
+            # MART: YisenWang/MART train_wideresnet.py: 90 epochs, lr 0.1, wd 7e-4, lr /10 from epoch
+            # 75 and /100 from 90; β = 6; ε 0.031, step 0.007, 0.001·N(0, I) start.
+            "mart": {"beta": 6.0, "eps": 0.031, "alpha": 0.007,
+                     "training": {"epochs": 90,
+                                  "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 7e-4},
+                                  "schedule": {"interpolate": "step",
+                                               "points": [[0.0, 1.0], [74 / 90, 0.1], [89 / 90, 0.01]]}}},
+            # FAT (for PGD-AT): zjfheart/Friendly-Adversarial-Training FAT.py: 120 epochs, lr 0.1, wd
+            # 2e-4, lr ×0.1 from epoch 60, ×0.01 from 90, ×0.005 from 110; τ 0, 1 from epoch 51, 2 from 91
+            "fat": {"tau": 0, "tau_starts": [50 / 120, 90 / 120], "eps": 0.031, "alpha": 0.007,
+                    "training": {"epochs": 120,
+                                 "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
+                                 "schedule": {"interpolate": "step", "points": [
+                                     [0.0, 1.0], [59 / 120, 0.1], [89 / 120, 0.01], [109 / 120, 0.005]]}}},
+            # GAIRAT: zjfheart/Geometry-aware-Instance-reweighted-Adversarial-Training GAIRAT.py: 120
+            # epochs, lr 0.1, wd 2e-4, lr ×0.1 from epoch 60, ×0.01 from 90, ×0.005 from 110; λ = −1
+            # fixed, Tanh weights from epoch 60
+            "gairat": {"lam": -1.0, "reweight_start": 59 / 120, "eps": 0.031, "alpha": 0.007,
+                       "training": {"epochs": 120,
+                                    "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
+                                    "schedule": {"interpolate": "step", "points": [
+                                        [0.0, 1.0], [59 / 120, 0.1], [89 / 120, 0.01], [109 / 120, 0.005]]}}},
+            # AWP (TRADES-AWP): csdongxian/AWP trades_AWP/train_trades_cifar.py: 200 epochs, lr 0.1,
+            # wd 5e-4, lr /10 from epoch 100 and /100 from 150; β = 6, γ = 0.005 from epoch 10;
+            # ε 8/255, step 2/255
+            "awp": {"beta": 6.0, "awp_gamma": 0.005, "awp_start": 9 / 200, "eps": 8 / 255, "alpha": 2 / 255,
+                    "training": {"epochs": 200,
+                                 "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+                                 "schedule": {"interpolate": "step",
+                                              "points": [[0.0, 1.0], [99 / 200, 0.1], [149 / 200, 0.01]]}}},
+            # LBGAT0: dvlab-research/LBGAT train_lbgat_cifar100.py (its CIFAR-10 models change only
+            # the data): DYNAT's settings above (DYNAT took them from LBGAT), ResNet18_cifar guide,
+            # ε 0.031, step 0.007; β = 0 is the LBGAT row of Table 1 (88.22 % clean)
+            "lbgat": {"beta": 0.0, "eps": 0.031, "alpha": 0.007},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             # the authors' evaluation script: ε 8/255, step 2/255, uniform random start, 1 restart;
             # CW-∞ 20 steps; AutoAttack on the first 1000 test images. (Its PGD also freezes each
@@ -242,6 +287,8 @@ PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
     # WRN-34-10 takes about a second per forward+backward pass of 4 images on two CPU cores
     "adversarial_training.train_subset": 4, "adversarial_training.holdout": 2,
     "adversarial_training.batch_size": 2, "adversarial_training.epochs": 1,
+    "adversarial_training.mart.training.epochs": 1, "adversarial_training.fat.training.epochs": 1,
+    "adversarial_training.gairat.training.epochs": 1, "adversarial_training.awp.training.epochs": 1,
     "adversarial_training.evaluation.eval_subset": 2, "adversarial_training.evaluation.autoattack_subset": 2,
     "adversarial_training.evaluation.cw_steps": 5, "adversarial_training.evaluation.autoattack_iterations": 5,
     "adversarial_training.evaluation.square_queries": 20,

@@ -64,8 +64,9 @@ def trainers(run: Run) -> dict[str, tuple[Callable[[], nn.Module], Callable[[], 
     for method, recipe in AT_METHODS.items():
         config = adversarial_training_config(run, method)
         options = dict(config.get("trainer_options", {}))
-        if "awp_from_epoch" in options:
-            options["awp_from_epoch"] = 1  # AWP's steady state: its extra passes from the first step
+        for start in ("awp_from_epoch", "reweight_from_epoch"):
+            if start in options:
+                options[start] = 1  # the steady state: AWP's extra passes, GAIRAT's weights, from the first step
         guided = "guide" in config
         table[f"{recipe.label} (ch. {8 if guided else 6})"] = (
             (lambda: GuideAndTarget(network("guide"), network("target"))) if guided

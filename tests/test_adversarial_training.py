@@ -490,17 +490,21 @@ def paper_size_models() -> dict[str, nn.Module]:
     return {"target": models.build(spec["target"]["arch"], 10, 3), "guide": models.build(spec["guide"]["arch"], 10, 3)}
 
 
-@pytest.mark.parametrize("name", ["standard", "pgd_at", "trades", "dynat", "dynat_awp", "dynat_inner_awp"])
+@pytest.mark.parametrize("name", ["standard", "pgd_at", "trades", "mart", "fat", "gairat", "awp", "lbgat", "dynat",
+                                  "dynat_awp", "dynat_inner_awp"])
 def test_one_step_of_each_trainer_at_paper_size(paper_size_models, name):
-    """WRN-34-10 target (and ResNet18_cifar guide) on a CIFAR-shaped batch of 2; one inner step instead
-    of ten keeps the CPU test short (the step count is just a loop bound)."""
+    """WRN-34-10 target (and ResNet18_cifar guide) on a CIFAR-shaped batch of 2 with the paper
+    profile's options; one inner step instead of ten keeps the CPU test short (the step count is just
+    a loop bound), and AWP and GAIRAT's reweighting start at once."""
     target = paper_size_models["target"]
-    model = GuideAndTarget(paper_size_models["guide"], target) if name.startswith("dynat") else target
     run = config.setup("paper", device="cpu", quiet=True)
-    options = recipes.adversarial_training_config(run, name).get("trainer_options", {})
+    method_config = recipes.adversarial_training_config(run, name)
+    model = GuideAndTarget(paper_size_models["guide"], target) if "guide" in method_config else target
+    options = method_config.get("trainer_options", {})
     if options:
-        options = {**options, "steps": 1, **({"awp_from_epoch": 1} if "awp_from_epoch" in options else {})}
-    trainer = defenses.build(name, **options)
+        options = {**options, "steps": 1, **{key: 1 for key in ("awp_from_epoch", "reweight_from_epoch")
+                                              if key in options}}
+    trainer = defenses.build(method_config["trainer"], **options)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
     x, y = torch.rand(2, 3, 32, 32), torch.tensor([3, 8])
@@ -513,7 +517,7 @@ def test_one_step_of_each_trainer_at_paper_size(paper_size_models, name):
         trainer.after_step(model, 0)
     assert torch.isfinite(loss) and logits.shape == (2, 10)
     assert not torch.equal(before, next(target.parameters())), "the target took a step"
-    if name.startswith("dynat"):
+    if "guide" in method_config:
         assert all(p.grad is not None for p in model.guide.parameters())
 
 
@@ -879,3 +883,47 @@ def test_an_adversarially_trained_model_starts_from_the_same_weights_whatever_ra
         recipes.adversarially_trained(run, method)
     for a, b in zip(started[0].state_dict().values(), started[1].state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_table_1_baselines_have_their_authors_training_settings_in_the_paper_profile():
+    from advlib.training import lr_multiplier, training_progress
+    run = config.setup("paper", device="cpu", quiet=True)
+    settings = {m: recipes.adversarial_training_config(run, m) for m in ("mart", "fat", "gairat", "awp", "lbgat")}
+    assert {m: (c["epochs"], c["optimizer"]["lr"], c["optimizer"]["weight_decay"]) for m, c in settings.items()} == {
+        "mart": (90, 0.1, 7e-4), "fat": (120, 0.1, 2e-4), "gairat": (120, 0.1, 2e-4), "awp": (200, 0.1, 5e-4),
+        "lbgat": (100, 0.1, 2e-4)}
+    assert settings["fat"]["trainer_options"]["tau_from_epoch"] == [51, 91]
+    assert settings["gairat"]["trainer_options"]["reweight_from_epoch"] == 60
+    assert settings["awp"]["trainer_options"]["awp_from_epoch"] == 10
+    assert settings["lbgat"]["trainer_options"]["beta"] == 0.0 and "guide" in settings["lbgat"]
+    assert settings["mart"]["trainer_options"]["beta"] == 6.0 and "guide" not in settings["mart"]
+
+    def lr_in(method: str, epoch: int) -> float:  # epoch counted from 1, first batch
+        c = settings[method]
+        return lr_multiplier(training_progress(epoch - 1, 0, 391, c["epochs"]), c["schedule"])
+    assert [lr_in("mart", e) for e in (74, 75, 89, 90)] == [1.0, 0.1, 0.1, 0.01]
+    assert [lr_in("fat", e) for e in (59, 60, 90, 110)] == [1.0, 0.1, 0.01, 0.005]
+    assert [lr_in("awp", e) for e in (99, 100, 149, 150)] == [1.0, 0.1, 0.1, 0.01]
+    # the methods of the seed keep the shared settings
+    assert recipes.adversarial_training_config(run, "pgd_at")["epochs"] == 100
+
+
+def test_quick_profile_baselines_share_the_chapters_budget():
+    run = config.setup("quick", device="cpu", quiet=True)
+    shared = recipes.adversarial_training_config(run, "pgd_at")
+    for method in ("mart", "fat", "gairat", "awp", "lbgat"):
+        own = recipes.adversarial_training_config(run, method)
+        assert {k: own[k] for k in ("epochs", "optimizer", "schedule", "train_subset", "batch_size")} == {
+            k: shared[k] for k in ("epochs", "optimizer", "schedule", "train_subset", "batch_size")}, method
+
+
+def test_the_smoke_run_cuts_every_methods_epochs():
+    run = config.setup("paper", device="cpu", quiet=True, smoke=True)
+    assert {m: recipes.adversarial_training_config(run, m)["epochs"] for m in recipes.AT_METHODS} == dict.fromkeys(
+        recipes.AT_METHODS, 1)
+
+
+def test_first_epoch_at_by_hand():
+    from advlib.recipes.adversarial_training import first_epoch_at
+    assert [first_epoch_at(0.09, 100), first_epoch_at(59 / 120, 120), first_epoch_at(0.25, 4),
+            first_epoch_at(0.0, 10)] == [10, 60, 2, 1]

@@ -148,3 +148,20 @@ def test_the_evaluation_sentence_names_every_budget_and_the_table_s_attacks():
     assert "CW-∞ 20 steps × 1 restart;" in reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, unsaid, saad)
     assert reporting.describe_evaluation({"eps": 0.1, "alpha": 0.025}, {}, ("clean", "PGD-20")) == (
         "ε = 0.1, step 0.025; PGD-20")
+
+
+def test_ordering_against_the_papers_table_by_hand():
+    """Three methods in both tables (D is ours only): A > B > C in the paper; ours has A > C > B on
+    clean (pair B/C reversed) and A = B on AA (a tie counts neither way)."""
+    ours = [{"method": "A", "clean": 0.9, "AA": 0.5}, {"method": "B", "clean": 0.7, "AA": 0.5},
+            {"method": "C", "clean": 0.8, "AA": 0.1}, {"method": "D", "clean": 1.0, "AA": 1.0}]
+    paper = {"A": {"clean": 90.0, "AA": 50.0}, "B": {"clean": 85.0, "AA": 45.0}, "C": {"clean": 80.0, "AA": 40.0}}
+    clean = reporting.ordering_against_paper(ours, paper, "clean")
+    assert clean == {"column": "clean", "methods": 3, "agree": [("A", "B"), ("A", "C")], "disagree": [("B", "C")]}
+    assert reporting.ordering_line(clean) == ("clean: 2 of 3 pairs of methods ordered as in the paper; reversed "
+                                              "here (the paper's better one first): B / C")
+    aa = reporting.ordering_against_paper(ours, paper, "AA")
+    assert aa["agree"] == [("A", "C"), ("B", "C")] and aa["disagree"] == []
+    assert reporting.ordering_line(aa) == "AA: 2 of 2 pairs of methods ordered as in the paper"
+    reversed_order = reporting.ordering_against_paper(ours[::-1], paper, "clean")
+    assert reversed_order["disagree"] == [("B", "C")], "the paper's better one first, whatever our row order"

@@ -29,4 +29,5 @@ def frozen(module: nn.Module) -> nn.Module:
 
 from . import purification  # noqa: E402,F401  (registers the purification trainers)
 from . import adversarial_training, awp, dynat  # noqa: E402,F401  (registers the adversarial trainers)
+from . import fat, gairat, lbgat, mart  # noqa: E402,F401  (DYNAT's baselines in Table 1)
 from . import distillation  # noqa: E402,F401  (registers the adversarial distillation trainers)

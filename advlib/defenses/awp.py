@@ -1,5 +1,6 @@
 """Adversarial weight perturbation (Wu, Xia & Wang, NeurIPS 2020, "Adversarial weight perturbation
-helps robust generalization", Sec. 4, Eq. 8–10); chapter 8 uses it in DYNAT's AWP variants.
+helps robust generalization", Sec. 4, Eq. 8–10); chapter 8 uses it in DYNAT's AWP variants, and
+:class:`TRADESAWP` is the paper's own AWP row of DYNAT's Table 1.
 
 AWP trains at the worst weights near the current ones: before the optimiser's step it moves every
 weight matrix w_l one gradient-ascent step up the training loss, with a size relative to the layer,
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 from ..training import Hooks
+from . import DEFENSES
+from .adversarial_training import EpochSeeded, trades_adversarial, trades_loss
 
 # Guards the rescaling of a zero gradient (a layer the loss does not reach); the reference's value.
 _EPS = 1e-20
@@ -84,3 +87,31 @@ class AdversarialWeightPerturbation(Hooks):
 
     def after_step(self, model: nn.Module, epoch: int) -> None:
         self.restore()
+
+
+@DEFENSES.register("trades_awp")
+class TRADESAWP(EpochSeeded, AdversarialWeightPerturbation):
+    """AWP on TRADES (Wu et al. 2020, Sec. 4, "TRADES-AWP"; the AWP row of DYNAT's Table 1): x'
+    maximises TRADES's KL(f(x) ‖ f(x')) (summed) from x + 0.001·N(0, I) with the model in ``bn_mode``
+    (eval in the authors' code); from epoch ``awp_from_epoch`` on (counted from 1; epoch 10 of 200 in
+    the authors' script) the weights are perturbed by AWP (γ = ``awp_gamma``) against the TRADES loss,
+    and the model minimises TRADES's loss CE(f(x), y) + β · KL(f(x) ‖ f(x')) at the perturbed weights.
+    Pass the trainer to ``fit`` as the loss function: its ``after_step`` removes the perturbation
+    after the optimiser's step. Returns f(x) as the training logits, as TRADES does."""
+
+    def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, beta: float = 6.0,
+                 awp_gamma: float = 0.005, awp_from_epoch: int = 10, bn_mode: str = "eval",
+                 seed: int = 0) -> None:
+        EpochSeeded.__init__(self, seed)
+        AdversarialWeightPerturbation.__init__(self, awp_gamma)
+        self.eps, self.alpha, self.steps, self.beta, self.bn_mode = eps, alpha, steps, beta, bn_mode
+        self.awp_from_epoch = awp_from_epoch
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        x_adv = trades_adversarial(model, x, eps=self.eps, alpha=self.alpha, steps=self.steps,
+                                   generator=self.generator(x.device, epoch), bn_mode=self.bn_mode)
+        if epoch + 1 >= self.awp_from_epoch:
+            self.perturb(model, lambda: trades_loss(model(x), model(x_adv), y, self.beta))
+        logits_clean, logits_adv = model(x), model(x_adv)
+        return trades_loss(logits_clean, logits_adv, y, self.beta), logits_clean

@@ -70,6 +70,37 @@ def significance_lines(tests: Sequence[Mapping[str, Any]]) -> list[str]:
             f"same {test['n']} images, {verdict(test)}" for test in tests]
 
 
+def ordering_against_paper(rows: Sequence[Mapping[str, Any]], paper: Mapping[str, Mapping[str, float]],
+                           column: str) -> dict[str, Any]:
+    """Does our table order the methods by ``column`` as the paper's does? Every pair of methods in both
+    (``rows``' "method" among ``paper``'s keys) is ``agree`` when both tables rank it the same way,
+    ``disagree`` when they rank it opposite ways, and neither when either table has a tie. Only the
+    order is compared, so our fractions and the paper's percentages need no common scale."""
+    ours = {row["method"]: row[column] for row in rows if row["method"] in paper}
+    names = list(ours)
+    agree, disagree = [], []
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            sign = (ours[first] - ours[second]) * (paper[first][column] - paper[second][column])
+            if sign > 0:
+                agree.append((first, second))
+            elif sign < 0:  # the paper's better method first
+                disagree.append((first, second) if paper[first][column] > paper[second][column]
+                                else (second, first))
+    return {"column": column, "methods": len(names), "agree": agree, "disagree": disagree}
+
+
+def ordering_line(comparison: Mapping[str, Any]) -> str:
+    """One sentence for :func:`ordering_against_paper`: how many pairs are ordered as in the paper, and
+    those that are not (the better of each pair in the paper first)."""
+    agree, disagree = len(comparison["agree"]), comparison["disagree"]
+    line = (f"{comparison['column']}: {agree} of {agree + len(disagree)} pairs of methods ordered as in the "
+            f"paper")
+    if disagree:
+        line += "; reversed here (the paper's better one first): " + ", ".join(f"{a} / {b}" for a, b in disagree)
+    return line
+
+
 def format_eps(eps: float) -> str:
     """An L∞ budget as the papers write it: "8/255" when it is a whole number of grey levels, else "0.1"."""
     levels = 255 * eps

@@ -1,5 +1,6 @@
-"""Chapters 6 and 8: adversarially trained models — standard training, PGD-AT, TRADES, DYNAT and
-its AWP variants — and one row of DYNAT's Table 1 for each."""
+"""Chapters 6 and 8: adversarially trained models — standard training, PGD-AT, TRADES, the other
+baselines of DYNAT's Table 1 (MART, FAT, GAIRAT, AWP, LBGAT), DYNAT and its AWP variants — and one
+row of DYNAT's Table 1 for each."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,11 +14,16 @@ from ..evaluation import accuracy, reporting, robustness_outcomes
 from ..training import fit
 from .common import Method, autoattack_examples, held_out_robustness, network, test_set, training_data
 
-# The DYNAT methods train a guide and a target together; labels are the paper's row names.
+# LBGAT and the DYNAT methods train a guide and a target together; labels are the paper's row names.
 AT_METHODS: dict[str, Method] = {m.name: m for m in (
     Method("standard", "Standard", "standard"),
     Method("pgd_at", "PGD-AT", "pgd_at", "pgd_at"),
     Method("trades", "TRADES", "trades", "trades"),
+    Method("mart", "MART", "mart", "mart"),
+    Method("fat", "FAT", "fat", "fat"),
+    Method("gairat", "GAIRAT", "gairat", "gairat"),
+    Method("awp", "AWP", "trades_awp", "awp"),
+    Method("lbgat", "LBGAT", "lbgat", "lbgat"),
     Method("dynat", "DYNAT", "dynat", "dynat", {"inner": "dynamic"}),
     Method("dynat_no_inner", "DYNAT without inner optimisation", "dynat", "dynat", {"inner": "ground_truth"}),
     Method("dynat_awp_beta0", "DYNAT-AWP (β = 0)", "dynat_awp", "dynat_awp", {"beta": 0.0}),
@@ -26,6 +32,13 @@ AT_METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 AT_COLUMNS = papers.DYNAT_COLUMNS
+
+# the trainers of a GuideAndTarget pair
+GUIDED_TRAINERS = ("lbgat", "dynat", "dynat_awp", "dynat_inner_awp")
+
+# Settings given as a fraction of training (so that they scale with the profile's epochs), and the
+# trainer option each becomes: the first epoch, counted from 1, at or after that fraction.
+_EPOCH_FRACTIONS = {"awp_start": "awp_from_epoch", "reweight_start": "reweight_from_epoch"}
 
 _AT_TRAINING_KEYS = ("target", "normalize", "train_subset", "holdout", "batch_size", "epochs", "augment",
                      "optimizer", "schedule", "averaging")
@@ -37,20 +50,33 @@ def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
         raise ValueError(f"unknown method {method!r}; known methods: {', '.join(AT_METHODS)}")
     spec = run.config["adversarial_training"]
     recipe = AT_METHODS[method]
+    section = dict(spec[recipe.section]) if recipe.section is not None else {}
+    # a method's own training settings (the paper profile's baselines), else the shared ones
+    own_training = section.pop("training", {})
     config = {"method": method, "trainer": recipe.trainer, "dataset": run.dataset, "seed": run.seed,
-              **{k: spec[k] for k in _AT_TRAINING_KEYS}}
+              **{k: own_training.get(k, spec[k]) for k in _AT_TRAINING_KEYS}}
     if spec.get("images_per_epoch"):
         config["images_per_epoch"] = spec["images_per_epoch"]
     if recipe.section is not None:
-        options = {**spec["train_attack"], **spec[recipe.section], **recipe.fixed}
+        options = {**spec["train_attack"], **section, **recipe.fixed}
         if recipe.section == "dynat_awp":
             by_dataset = spec["dynat_awp_label_weight_by_dataset"]
             options["label_weight"] = by_dataset.get(run.dataset, options["label_weight"])
-            options["awp_from_epoch"] = round(options.pop("awp_start") * spec["epochs"]) + 1
+        for fraction, option in _EPOCH_FRACTIONS.items():
+            if fraction in options:
+                options[option] = first_epoch_at(options.pop(fraction), config["epochs"])
+        if "tau_starts" in options:
+            options["tau_from_epoch"] = [first_epoch_at(f, config["epochs"]) for f in options.pop("tau_starts")]
         config["trainer_options"] = options
-    if recipe.trainer.startswith("dynat"):
+    if recipe.trainer in GUIDED_TRAINERS:
         config["guide"] = spec["guide"]
     return config
+
+
+def first_epoch_at(fraction: float, epochs: int) -> int:
+    """The epoch, counted from 1, that starts once ``fraction`` of ``epochs`` epochs are done (rounded):
+    0.09 of 100 is epoch 10, 59/120 of 120 is epoch 60."""
+    return round(fraction * epochs) + 1
 
 
 def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[str, Any]]]:

@@ -18,7 +18,7 @@ from ..evaluation import Purified, robust_accuracy, sanity
 from ..evaluation.protocols import PURIFIER_THREATS, crafted_on, folded, threat_outcomes
 from ..evaluation.reporting import fraction_with_interval
 from ..evaluation.statistics import mcnemar_exact
-from .adversarial_training import AT_METHODS, adversarial_training_config, adversarially_trained
+from .adversarial_training import AT_METHODS, GUIDED_TRAINERS, adversarial_training_config, adversarially_trained
 from .classifier import classifier, classifier_config
 from .common import autoattack_examples, autoattack_key, test_set
 from .distillation import DISTILLATION_METHODS, distillation_config, distilled_student
@@ -51,7 +51,7 @@ def defences(run: Run) -> dict[str, Defence]:
                            purifier_config(run, "teacher-at"),
                            lambda: purifier_teacher(run, "at")[1]))
     for key, method in AT_METHODS.items():
-        entries.append(Defence(method.label, 8 if key.startswith("dynat") else 6,
+        entries.append(Defence(method.label, 8 if method.trainer in GUIDED_TRAINERS else 6,
                                (lambda key=key: adversarially_trained(run, key)[0]),
                                adversarial_training_config(run, key), (lambda key=key: adversarially_trained(run, key)[1])))
     for key, method in DISTILLATION_METHODS.items():
