@@ -387,7 +387,9 @@ def test_clean_misclassified_examples_are_never_attacked():
             calls.append(len(x))
             return x
 
-    report = robust_accuracy(model, x, y, {"identity": Recording()})
+    recording = Recording()
+    assert (recording.seed, recording.bn_mode) == (0, "eval"), "a subclass gets the documented defaults"
+    report = robust_accuracy(model, x, y, {"identity": recording})
     assert sum(calls) == int(clean.sum()) == report.attacked["identity"]
     assert torch.equal(report.per_attack["identity"], clean) and torch.equal(report.worst_case, clean)
 
@@ -471,6 +473,12 @@ def test_pgd_iterates_are_what_shorter_runs_return_and_bad_steps_are_refused():
     with torch.no_grad():  # the caller's mode holds between two iterates
         walk = long.iterates(model, x, y, [1, 2])
         assert torch.equal(next(walk), iterates[0]) and not torch.is_grad_enabled()
+    given = long.iterates(model, x, y, [3], generator=torch.Generator().manual_seed(8))
+    assert torch.equal(next(given), attacks.build("pgd", eps=0.1, alpha=0.02, steps=3, seed=8)(model, x, y)), \
+        "a generator passed in draws the random start"
+    inside = 0.2 + 0.6 * x  # no clipping to [0, 1] within one step
+    first = next(attacks.build("pgd", eps=0.1, alpha=0.02, random_start=False).iterates(model, inside, y, [1]))
+    assert torch.allclose((first - inside).abs(), torch.full_like(x, 0.02)), "no random start: one step of α from x"
     with pytest.raises(ValueError, match="restarts=2"):
         attacks.build("pgd", restarts=2).iterates(model, x, y, [1])
     with pytest.raises(ValueError, match="non-decreasing"):
@@ -813,3 +821,29 @@ def test_cw_keeps_the_earlier_of_two_equally_close_fooling_iterates(monkeypatch)
     0.8 in pixel 0, then 0.8 in pixel 1, both fooled at the same distance, leave the first."""
     best = cw_scripted(monkeypatch, half_with(0, 0.8), half_with(1, 0.8))
     assert torch.allclose(best, half_with(0, 0.8), atol=1e-6)
+
+
+def test_input_checks_name_the_problem_at_their_boundaries():
+    """The shared checks of every attack (primitives.check_*): each refuses exactly what it should,
+    at its boundary, with a message that names the argument and the values."""
+    from advlib.attacks.primitives import RANGE_TOLERANCE, check_eps, check_inputs, check_labels
+    with pytest.raises(ValueError, match=r"^eps must be >= 0, got -1"):
+        check_eps(-1)
+    for not_a_number in ("0.1", float("nan")):
+        with pytest.raises(TypeError, match=r"^eps must be a number"):
+            check_eps(not_a_number)
+    x, y = torch.rand(3, 1, 2, 2, dtype=torch.float64), torch.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match="x and y must be torch tensors"):
+        check_inputs(x, [0, 1, 2])
+    nans = x.clone()
+    nans[0, 0, 0, 0] = nans[0, 0, 1, 1] = nans[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="in 2 of 3 images"):
+        check_inputs(nans, y)
+    edges = x.clone()
+    edges[0, 0, 0, 0], edges[1, 0, 0, 0] = -RANGE_TOLERANCE, 1 + RANGE_TOLERANCE
+    check_inputs(edges, y)  # within the tolerance, both ends included
+    with pytest.raises(ValueError, match=r"class indices \[0, 3\), got values in \[0, 3\]"):
+        check_inputs(x, torch.tensor([0, 1, 3]), num_classes=3)
+    with pytest.raises(ValueError, match=r"class indices non-negative, got values in \[-1, 1\]"):
+        check_labels(torch.tensor([-1, 1]))
+    check_labels(torch.tensor([0, 2]), 3)

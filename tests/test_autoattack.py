@@ -524,6 +524,39 @@ def test_fab_t_takes_one_forward_backward_per_iteration_while_no_row_is_adversar
     assert (model.with_grad, model.without_grad) == (6, 3)
 
 
+class QuadraticMargin(nn.Module):
+    """Logits (0, ⟨1, x⟩ + ⟨x, x⟩ − 10) of a flattened image: f < 0 on all of [0, 1]^d (d ≤ 4), so no
+    point is ever adversarial, and ∇f = 1 + 2x changes from point to point."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        margin = flat.sum(1) + (flat * flat).sum(1) - 10
+        return torch.stack((torch.zeros_like(margin), margin), dim=1)
+
+
+def test_fab_t_linearises_at_the_current_point_while_no_row_is_adversarial(monkeypatch):
+    """Every step of FAB-T (Croce & Hein 2020, Eq. 7) projects onto the linearisation of f at the
+    current iterate x^{(i)}: the gradient and f passed to the projection are those at that point, also
+    when the forward pass that checked x^{(i)} supplied them (the path taken while no row is
+    adversarial)."""
+    from advlib.attacks import fab
+    calls = []
+
+    def recording(points, w, needed):
+        calls.append((points.clone(), w.clone(), needed.clone()))
+        return linf_projection_onto_hyperplane(points, w, needed)
+
+    monkeypatch.setattr(fab, "linf_projection_onto_hyperplane", recording)
+    x = torch.rand(3, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    attacks.build("fab-t", eps=0.5, n_iter=4)(QuadraticMargin(), x, torch.zeros(3, dtype=torch.long))
+    assert len(calls) == 4
+    for points, w, needed in calls:
+        current = points[:3]  # the rows stepping from x^{(i)}; the others step from x^{(0)}
+        assert torch.allclose(w[:3], 1 + 2 * current, atol=1e-6)
+        assert torch.allclose(needed[:3], -(current.sum(1) + (current * current).sum(1) - 10), atol=1e-5)
+    assert not torch.allclose(calls[0][0][:3], calls[1][0][:3]), "the first step moves (to the box's corner)"
+
+
 def test_fab_projection_matches_reference():
     from pyautoattack.fab_projections import projection_linf
 

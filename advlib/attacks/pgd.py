@@ -73,10 +73,10 @@ class PGD(Attack):
         current, done = None, 0
         for s in steps:
             # entered per segment, so that the caller's code between two iterates runs in its own modes
-            with self.prepared(model, x, y, generator):
+            with self.prepared(model, x, y, generator) as generator:
                 if current is None:
                     current = uniform_start(x, self.eps, generator) if self.random_start else x
                 current = iterate_sign_steps(model, x, current, summed_cross_entropy(y), self.eps, self.alpha,
                                              s - done)
             done = s
-            yield current.detach().to(dtype=x.dtype)
+            yield current.detach()
