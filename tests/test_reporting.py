@@ -165,3 +165,10 @@ def test_ordering_against_the_papers_table_by_hand():
     assert reporting.ordering_line(aa) == "AA: 2 of 2 pairs of methods ordered as in the paper"
     reversed_order = reporting.ordering_against_paper(ours[::-1], paper, "clean")
     assert reversed_order["disagree"] == [("B", "C")], "the paper's better one first, whatever our row order"
+    significant = [{"first": "C", "second": "B", "column": "clean", "significant": True}]
+    assert reporting.ordering_line(clean, significant) == ("clean: 2 of 3 pairs of methods ordered as in the paper; "
+                                                           "1 reversed here, 1 of them significantly (the paper's "
+                                                           "better one first): B / C")
+    within_noise = [{**significant[0], "significant": False}, {**significant[0], "column": "AA"}]
+    assert reporting.ordering_line(clean, within_noise) == ("clean: 2 of 3 pairs of methods ordered as in the "
+                                                            "paper; 1 reversed here, 0 of them significantly")

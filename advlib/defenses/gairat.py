@@ -25,7 +25,7 @@ def pgd_with_least_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_s
     """PGD-K on CE(f(x'), y) from ``x_start`` (K = ``steps`` signed steps of ``alpha``, each projected
     onto the L∞ ball and [0, 1]) and, per example, κ: the least number of steps after which the
     iterate is misclassified (0 if the start already is), or K if none of the iterates before the
-    last is (Zhang et al. 2021, Sec. 3.1, the "least PGD steps"). Returns (x'_K, κ). The authors'
+    last is (Zhang et al. 2021, Sec. 3, the "least PGD steps"). Returns (x'_K, κ). The authors'
     code counts instead the correctly classified iterates among the first K, which differs from κ
     only for an example that becomes correct again after it was misclassified."""
     check_eps(eps)
@@ -44,7 +44,7 @@ def pgd_with_least_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_s
 
 
 def gairat_weights(least_steps: torch.Tensor, steps: int, lam: float = -1.0) -> torch.Tensor:
-    """ω = (1 + tanh(λ + 5 · (1 − 2κ/K))) / 2 per example (Zhang et al. 2021, Sec. 3.2, the tanh
+    """ω = (1 + tanh(λ + 5 · (1 − 2κ/K))) / 2 per example (Zhang et al. 2021, Sec. 3, the tanh
     weight), normalised to mean 1 over the batch, so that the weighted loss Σ ω·ℓ / Σ ω stays an
     average. λ = +∞ gives every example the weight 1 (PGD-AT); the smaller λ, the more the weight
     goes to the examples with small κ. Computed as σ(2z), which equals (1 + tanh z) / 2 and keeps its
@@ -54,7 +54,7 @@ def gairat_weights(least_steps: torch.Tensor, steps: int, lam: float = -1.0) -> 
 
 
 def gairat_loss(logits_adv: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """GAIRAT's outer loss (Zhang et al. 2021, Sec. 3.2): the batch mean of ω̃_i · CE(f(x'_i), y_i) with the
+    """GAIRAT's outer loss (Zhang et al. 2021, Sec. 3): the batch mean of ω̃_i · CE(f(x'_i), y_i) with the
     weights of :func:`gairat_weights` (mean 1); the weights carry no gradient."""
     return (weights.detach() * F.cross_entropy(logits_adv.float(), labels, reduction="none")).mean()
 

@@ -47,7 +47,7 @@ def mart_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, labels: torc
 
 @DEFENSES.register("mart")
 class MART(EpochSeeded):
-    """MART (Wang et al. 2020, Algorithm 1): x' maximises CE(f(x'), y) by ``steps`` signed-gradient
+    """MART (Wang et al. 2020, Sec. 3): x' maximises CE(f(x'), y) by ``steps`` signed-gradient
     steps from x + 0.001·N(0, I) with the model in ``bn_mode`` (eval in the authors' code), then
     the model minimises :func:`mart_loss` on f(x) and f(x'). Returns f(x') as the training logits."""
 

@@ -90,15 +90,21 @@ def ordering_against_paper(rows: Sequence[Mapping[str, Any]], paper: Mapping[str
     return {"column": column, "methods": len(names), "agree": agree, "disagree": disagree}
 
 
-def ordering_line(comparison: Mapping[str, Any]) -> str:
-    """One sentence for :func:`ordering_against_paper`: how many pairs are ordered as in the paper, and
-    those that are not (the better of each pair in the paper first)."""
+def ordering_line(comparison: Mapping[str, Any], tests: Sequence[Mapping[str, Any]] = ()) -> str:
+    """One sentence for :func:`ordering_against_paper`: how many pairs are ordered as in the paper and
+    which are reversed here (the paper's better one first). With ``tests`` (:func:`paired_tests` of
+    the reversed pairs in this column) the reversals are split into those the paired test calls
+    significant, named, and those within the noise of the test images, counted."""
     agree, disagree = len(comparison["agree"]), comparison["disagree"]
-    line = (f"{comparison['column']}: {agree} of {agree + len(disagree)} pairs of methods ordered as in the "
-            f"paper")
-    if disagree:
-        line += "; reversed here (the paper's better one first): " + ", ".join(f"{a} / {b}" for a, b in disagree)
-    return line
+    line = f"{comparison['column']}: {agree} of {agree + len(disagree)} pairs of methods ordered as in the paper"
+    if not disagree:
+        return line
+    if not tests:
+        return line + "; reversed here (the paper's better one first): " + ", ".join(f"{a} / {b}" for a, b in disagree)
+    significant = {(t["first"], t["second"]) for t in tests if t["column"] == comparison["column"] and t["significant"]}
+    named = [f"{a} / {b}" for a, b in disagree if (a, b) in significant or (b, a) in significant]
+    line += f"; {len(disagree)} reversed here, {len(named)} of them significantly"
+    return line + (" (the paper's better one first): " + ", ".join(named) if named else "")
 
 
 def format_eps(eps: float) -> str:
