@@ -248,3 +248,23 @@ def test_lbgat_trainer_attacks_the_target_alone_and_returns_its_adversarial_logi
 def test_bad_settings_are_refused_with_their_name(name, options, match):
     with pytest.raises(ValueError, match=match):
         defenses.build(name, **options)
+
+
+def test_defaults_are_the_papers_settings():
+    """Built with no options, each trainer and loss uses its paper's CIFAR-10 settings (ε 8/255, 10
+    steps of 2/255, eval-mode crafting; MART and TRADES-AWP β = 6, LBGAT0 β = 0, FAT's τ schedule,
+    GAIRAT's λ = −1 from epoch 60, AWP γ = 0.005 from epoch 10)."""
+    attack = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "bn_mode": "eval", "seed": 0}
+    expected = {"mart": {"beta": 6.0}, "lbgat": {"beta": 0.0}, "fat": {"tau": 0, "tau_from_epoch": (51, 91)},
+                "gairat": {"lam": -1.0, "reweight_from_epoch": 60},
+                "trades_awp": {"beta": 6.0, "gamma": 0.005, "awp_from_epoch": 10}}
+    for name, own in expected.items():
+        trainer = defenses.build(name)
+        assert {k: getattr(trainer, k) for k in {**attack, **own}} == {**attack, **own}, name
+    clean, adversarial = tensors(CLEAN, ADVERSARIAL)
+    y = torch.tensor(LABELS)
+    assert mart_loss(clean, adversarial, y).item() == pytest.approx(mart_by_hand(6.0), rel=1e-6)
+    assert lbgat_loss(clean, clean, adversarial, y).item() == pytest.approx(
+        lbgat_loss(clean, clean, adversarial, y, 0.0).item())
+    assert gairat_weights(torch.tensor([3, 7]), 10).tolist() == pytest.approx(
+        gairat_weights(torch.tensor([3, 7]), 10, lam=-1.0).tolist())
