@@ -268,3 +268,19 @@ def test_defaults_are_the_papers_settings():
         lbgat_loss(clean, clean, adversarial, y, 0.0).item())
     assert gairat_weights(torch.tensor([3, 7]), 10).tolist() == pytest.approx(
         gairat_weights(torch.tensor([3, 7]), 10, lam=-1.0).tolist())
+
+
+def test_trainers_pass_their_own_weights_to_their_losses():
+    """A β (or λ) given to a trainer reaches its loss: MART and TRADES-AWP at β = 0 and GAIRAT at
+    λ = ∞ reduce to their plain parts, which differ from the defaults' values on the same batch."""
+    model, x, y = small_network(), torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    model.eval()
+    cases = (("mart", {"beta": 0.0}, {}),
+             ("trades_awp", {"beta": 0.0, "awp_from_epoch": 99}, {"awp_from_epoch": 99}),
+             ("gairat", {"lam": math.inf, "reweight_from_epoch": 1}, {"reweight_from_epoch": 1}))
+    for name, plain, default in cases:
+        options = {"eps": 0.1, "alpha": 0.05, "steps": 2}
+        low, _ = defenses.build(name, **options, **plain)(model, x, y, 0)
+        high, _ = defenses.build(name, **options, **default)(model, x, y, 0)
+        assert low.item() != pytest.approx(high.item()), name
+    assert defenses.build("mart", beta=0.0).beta == 0.0, "β = 0 is allowed"

@@ -172,3 +172,14 @@ def test_ordering_against_the_papers_table_by_hand():
     within_noise = [{**significant[0], "significant": False}, {**significant[0], "column": "AA"}]
     assert reporting.ordering_line(clean, within_noise) == ("clean: 2 of 3 pairs of methods ordered as in the "
                                                             "paper; 1 reversed here, 0 of them significantly")
+
+
+def test_ordering_against_the_paper_with_a_tie_in_the_paper_and_two_reversals():
+    ours = [{"method": "A", "clean": 0.1}, {"method": "B", "clean": 0.2}, {"method": "C", "clean": 0.3}]
+    paper = {"A": {"clean": 90.0}, "B": {"clean": 80.0}, "C": {"clean": 80.0}}
+    comparison = reporting.ordering_against_paper(ours, paper, "clean")
+    assert comparison["agree"] == [] and comparison["disagree"] == [("A", "B"), ("A", "C")], "B = C in the paper"
+    assert reporting.ordering_line(comparison).endswith("(the paper's better one first): A / B, A / C")
+    tests = [{"first": a, "second": b, "column": "clean", "significant": True} for a, b in comparison["disagree"]]
+    assert reporting.ordering_line(comparison, tests).endswith("2 of them significantly (the paper's better one "
+                                                               "first): A / B, A / C")
