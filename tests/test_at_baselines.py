@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlib import defenses
+from advlib.defenses import awp as awp_module
 from advlib.defenses import fat as fat_module
 from advlib.defenses import gairat as gairat_module
 from advlib.defenses.adversarial_training import trades_adversarial, trades_loss
@@ -284,3 +285,86 @@ def test_trainers_pass_their_own_weights_to_their_losses():
         high, _ = defenses.build(name, **options, **default)(model, x, y, 0)
         assert low.item() != pytest.approx(high.item()), name
     assert defenses.build("mart", beta=0.0).beta == 0.0, "β = 0 is allowed"
+
+
+# --- what every trainer shares: its random stream, its BatchNorm mode, pixels without a gradient -------
+
+def network_for(name: str) -> nn.Module:
+    if name == "lbgat":
+        return GuideAndTarget(small_network(), nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
+    return small_network()
+
+
+TRAINERS = ["mart", "fat", "gairat", "trades_awp", "lbgat"]
+SMALL_ATTACK = {"eps": 0.1, "alpha": 0.05, "steps": 1}
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainer_draws_from_its_own_stream_which_runs_on_within_an_epoch(name):
+    """The random start comes from the trainer's (seed, epoch) stream: a twin with the same seed
+    reproduces the first batch whatever the global RNG holds, and the next batch of the same epoch
+    continues the stream (a different start, so a different loss on the same images)."""
+    model, x, y = network_for(name), torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    trainer, twin = defenses.build(name, **SMALL_ATTACK), defenses.build(name, **SMALL_ATTACK)
+    torch.manual_seed(1)
+    first, _ = trainer(model, x, y, 0)
+    torch.manual_seed(2)
+    reproduced, _ = twin(model, x, y, 0)
+    assert reproduced.item() == first.item(), "the start must not come from the global RNG"
+    second, _ = trainer(model, x, y, 0)
+    assert second.item() != first.item(), "the second batch must continue the epoch's stream"
+
+
+class ModeRecorder(nn.Module):
+    """A linear model that records whether it was in training mode at each forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = small_network()
+        self.modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.modes.append(self.training)
+        return self.linear(x)
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+@pytest.mark.parametrize("bn_mode", ["train", "eval"])
+def test_trainer_crafts_in_its_bn_mode_whatever_mode_the_model_is_in(name, bn_mode):
+    """The inner maximisation runs in the trainer's ``bn_mode``: the attack's forward passes (all but
+    the last two or three, the outer passes) see that mode although the model is in the other one."""
+    recorder = ModeRecorder()
+    model = GuideAndTarget(small_network(), recorder) if name == "lbgat" else recorder
+    model.train(bn_mode == "eval")
+    trainer = defenses.build(name, **{**SMALL_ATTACK, "steps": 2}, bn_mode=bn_mode)
+    trainer(model, torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]), 0)
+    assert recorder.modes[0] == (bn_mode == "train")
+    assert recorder.modes[-1] == (bn_mode == "eval"), "the outer pass keeps the model's own mode"
+
+
+def test_trades_awp_perturbs_the_weights_against_its_own_beta(monkeypatch):
+    calls = []
+
+    def spy(*args):
+        calls.append(args[3] if len(args) > 3 else "the default β")
+        return trades_loss(*args)
+
+    monkeypatch.setattr(awp_module, "trades_loss", spy)
+    model, x, y = small_network(), torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])
+    TRADESAWP(**SMALL_ATTACK, beta=2.5, awp_from_epoch=1)(model, x, y, 0)
+    assert calls == [2.5, 2.5], "the weight perturbation and the outer loss both use β = 2.5"
+
+
+def two_pixels(first: float, second: float) -> torch.Tensor:
+    return torch.tensor([first, second]).view(1, 1, 1, 2)
+
+
+def test_pixels_without_a_gradient_stay_where_they_start():
+    """The one-pixel model reads only the first pixel, so the second has a zero gradient, and a step of
+    α·sign(0) = 0 leaves it at its start in both step-counting PGDs."""
+    x, y = two_pixels(0.525, 0.7), torch.tensor([0])
+    start = two_pixels(0.525, 0.68)
+    stopped = early_stopped_pgd(Threshold(), x, y, start, eps=0.05, alpha=0.01, steps=10, tau=1)
+    counted, _ = pgd_with_least_steps(Threshold(), x, y, start, eps=0.05, alpha=0.01, steps=10)
+    for x_adv in (stopped, counted):
+        assert x_adv.flatten()[1].item() == pytest.approx(0.68)

@@ -64,12 +64,10 @@ class PGD(Attack):
         check_positive_ints(**{f"steps[{i}]": s for i, s in enumerate(steps)})
         if steps != sorted(steps):
             raise ValueError(f"steps must be non-decreasing, got {steps}")
-        if generator is None:
-            generator = torch.Generator(device=x.device).manual_seed(self.seed)
         return self._follow(model, x.detach(), y, steps, generator)
 
     def _follow(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: list[int],
-                generator: torch.Generator) -> Iterator[torch.Tensor]:
+                generator: torch.Generator | None) -> Iterator[torch.Tensor]:
         current, done = None, 0
         for s in steps:
             # entered per segment, so that the caller's code between two iterates runs in its own modes
