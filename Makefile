@@ -10,7 +10,7 @@ STAMP := $(VENV)/.advlib-installed
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-# `make book PROFILE=paper CHAPTERS="06 08" TIMEOUT=7200`: chapters to execute (default all) and
+# `make book PROFILE=paper CHAPTERS="06 08 09" TIMEOUT=7200`: chapters to execute (default all) and
 # seconds per cell (default 1800 in the quick profile, none in the paper profile).
 CHAPTERS ?=
 TIMEOUT ?=

@@ -27,6 +27,15 @@ import torch
 
 from . import paths
 
+# GAIRAT's authors' schedule (GAIRAT.py): lr ×0.1 from epoch 60 of 120, ×0.01 from 90, ×0.005 from 110
+GAIRAT_SCHEDULE = {"interpolate": "step", "points": [[0.0, 1.0], [59 / 120, 0.1], [89 / 120, 0.01], [109 / 120, 0.005]]}
+# MAIL's authors' training (QizhouWang/MAIL train.py), shared by the paper profile's MAIL rows (each
+# entry takes its own copy, so that an override of one leaves the others alone)
+MAIL_TRAINING = {"target": {"arch": "resnet18_cifar"}, "epochs": 120,
+                 "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 3.5e-3},
+                 "schedule": {"interpolate": "step",
+                              "points": [[0.0, 1.0], [75 / 120, 0.1], [90 / 120, 0.01], [100 / 120, 0.001]]}}
+
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "description": "CPU-sized: Fashion-MNIST, training subsets and few epochs; numbers are illustrative, "
@@ -79,18 +88,26 @@ PROFILES: dict[str, dict[str, Any]] = {
             "pgd_at": {"bn_mode": "train"}, "trades": {"beta": 6.0}, "dynat": {"label_weight": 1.0},
             "dynat_awp": {"label_weight": 1.0, "beta": 1.0, "awp_gamma": 0.005, "awp_start": 0.25},
             # Table 1's other baselines with their papers' loss settings on the shared budget above;
-            # AWP and GAIRAT's reweighting start after the first quarter, as DYNAT-AWP's AWP does, and
-            # FAT's τ grows at the authors' fractions of training (epochs 51 and 91 of 120)
+            # AWP starts after the first quarter, as DYNAT-AWP's AWP does; GAIRAT's weights (and MAIL's
+            # below) start at the learning rate's drop, three quarters in, as in both authors' scripts,
+            # whose weights start at the first decay (GAIRAT epoch 60; MAIL 77, after the decay at 76):
+            # started a quarter in, at the full rate, MAIL's training loss jumped from 2.5 to 5.7 and
+            # DYNAT-MAIL-Inner ended at 30 % clean accuracy. FAT's τ grows at the authors' fractions of
+            # training (epochs 51 and 91 of 120).
             # MART and LBGAT train at half the learning rate: at the shared one their losses diverged
             # in the first epoch at full rate (training loss 8 and 19, held-out clean accuracy 21 % and
             # 13 %; MART's authors also lower the rate tenfold for their ResNet-18)
             "mart": {"beta": 6.0, "training": {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9,
                                                              "weight_decay": 2e-4}}},
             "fat": {"tau": 0, "tau_starts": [50 / 120, 90 / 120]},
-            "gairat": {"lam": -1.0, "reweight_start": 0.25},
+            "gairat": {"lam": -1.0, "reweight_start": 0.75},
             "awp": {"beta": 6.0, "awp_gamma": 0.005, "awp_start": 0.25},
             "lbgat": {"beta": 0.0, "training": {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9,
                                                               "weight_decay": 2e-4}}},
+            # Tables 3-4 (chapter 9): MAIL-AT's γ and β, DYNAT-Inner-GAIRAT's label smoothing
+            "mail": {"gamma": 10.0, "bias": -0.5, "reweight_start": 0.75},
+            "dynat_mail": {"gamma": 10.0, "bias": -0.5, "reweight_start": 0.75},
+            "dynat_inner_gairat": {"lam": -1.0, "label_smoothing": 0.2, "reweight_start": 0.75},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             "eval_attack": {"eps": 0.1, "alpha": 0.025},
             # Every attack on its own on 1000 test images; AutoAttack on the first 200 of them (the
@@ -130,7 +147,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                            "autoattack_targets": 3},
         },
         "leaderboard": {
-            # Chapters 9 and 10: AutoAttack (standard) on the same 200 test images for every defence, at the
+            # Chapters 10 and 11: AutoAttack (standard) on the same 200 test images for every defence, at the
             # purifier's 8/255 and at the adversarial chapters' 0.1 (the purifiers at the 8/255 they
             # were trained for only); the checklist on 30 of them.
             # The reference's budgets (100 iterations, 9 target classes, 5000 queries) for every row
@@ -214,8 +231,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "gairat": {"lam": -1.0, "reweight_start": 59 / 120, "eps": 0.031, "alpha": 0.007,
                        "training": {"epochs": 120,
                                     "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4},
-                                    "schedule": {"interpolate": "step", "points": [
-                                        [0.0, 1.0], [59 / 120, 0.1], [89 / 120, 0.01], [109 / 120, 0.005]]}}},
+                                    "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
             # AWP (TRADES-AWP): csdongxian/AWP trades_AWP/train_trades_cifar.py: 200 epochs, lr 0.1,
             # wd 5e-4, lr /10 from epoch 100 and /100 from 150; β = 6, γ = 0.005 from epoch 10;
             # ε 8/255, step 2/255
@@ -228,6 +244,24 @@ PROFILES: dict[str, dict[str, Any]] = {
             # the data): DYNAT's settings above (DYNAT took them from LBGAT), ResNet18_cifar guide,
             # ε 0.031, step 0.007; β = 0 is the LBGAT row of Table 1 (88.22 % clean)
             "lbgat": {"beta": 0.0, "eps": 0.031, "alpha": 0.007},
+            # MAIL (MAIL-AT, the MAIL row of Table 4): QizhouWang/MAIL train.py and its README's MAIL-AT
+            # recipe: ResNet-18, 120 epochs, lr 0.01, wd 3.5e-3, lr ×0.1 from epoch 76, ×0.01 from 91,
+            # ×0.001 from 101; γ = 10, β = −0.5, weights from epoch 77; ε 0.031, step 0.007
+            "mail": {"gamma": 10.0, "bias": -0.5, "reweight_start": 76 / 120, "eps": 0.031, "alpha": 0.007,
+                     "training": copy.deepcopy(MAIL_TRAINING)},
+            # DYNAT-AT-MAIL and DYNAT-MAIL-Inner (Sec. 4.4, Table 4): MAIL's settings, a WRN-34-10 guide
+            # for the ResNet-18 target
+            "dynat_mail": {"gamma": 10.0, "bias": -0.5, "reweight_start": 76 / 120, "eps": 0.031, "alpha": 0.007,
+                           "training": {**copy.deepcopy(MAIL_TRAINING), "guide": {"arch": "wrn34_10"}}},
+            # DYNAT-Inner-GAIRAT (Sec. 4.3, Table 3's WRN-34-10 rows): GAIRAT's settings (above) with
+            # weight decay 5e-4, label smoothing 0.2 and the weights after a 70-epoch burn-in; the
+            # ResNet-18 guide and WRN-34-10 target of Table 1
+            "dynat_inner_gairat": {"lam": -1.0, "label_smoothing": 0.2, "reweight_start": 70 / 120, "eps": 0.031,
+                                   "alpha": 0.007,
+                                   "training": {"epochs": 120,
+                                                "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                              "weight_decay": 5e-4},
+                                                "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             # the authors' evaluation script: ε 8/255, step 2/255, uniform random start, 1 restart;
             # CW-∞ 20 steps; AutoAttack on the first 1000 test images. (Its PGD also freezes each
@@ -267,7 +301,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                            "autoattack_targets": 9},
         },
         "leaderboard": {
-            # Chapters 9 and 10: AutoAttack on the same 1000 test images for every defence at 8/255
+            # Chapters 10 and 11: AutoAttack on the same 1000 test images for every defence at 8/255
             "eval_subset": 1000, "epsilons": [8 / 255], "autoattack_iterations": 100, "square_queries": 5000,
             "autoattack_targets": 9,
             "check_subset": 500, "check_steps": 20, "large_eps": 0.5, "check_square_queries": 5000,
@@ -279,7 +313,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 # every chapter runs on two CPU cores in minutes on small synthetic CIFAR-format data. Architectures,
 # losses, optimisers, schedules (fractions of training), training attacks and evaluation attacks
 # stay the paper profile's; what changes is epochs, training/held-out/evaluation subsets, batch
-# sizes, and the iteration/query counts of the evaluation attacks.
+# sizes, the iteration/query counts of the evaluation attacks, and the training attacks' step counts
+# in chapters 6-9 (3 of 10, as in the quick profile: a loop bound, and most of a smoke training's time).
 PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
     "eval_subset": 48,
     "attacks.eval_subset": 48, "attacks.cw_subset": 8, "attacks.autoattack_subset": 16,
@@ -292,8 +327,11 @@ PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
     # WRN-34-10 takes about a second per forward+backward pass of 4 images on two CPU cores
     "adversarial_training.train_subset": 4, "adversarial_training.holdout": 2,
     "adversarial_training.batch_size": 2, "adversarial_training.epochs": 1,
+    "adversarial_training.train_attack.steps": 3, "distillation.train_attack.steps": 3,
     "adversarial_training.mart.training.epochs": 1, "adversarial_training.fat.training.epochs": 1,
     "adversarial_training.gairat.training.epochs": 1, "adversarial_training.awp.training.epochs": 1,
+    "adversarial_training.mail.training.epochs": 1, "adversarial_training.dynat_mail.training.epochs": 1,
+    "adversarial_training.dynat_inner_gairat.training.epochs": 1,
     "adversarial_training.evaluation.eval_subset": 2, "adversarial_training.evaluation.autoattack_subset": 2,
     "adversarial_training.evaluation.cw_steps": 5, "adversarial_training.evaluation.autoattack_iterations": 5,
     "adversarial_training.evaluation.square_queries": 20,

@@ -57,7 +57,7 @@ def learning_curves(history: Sequence[dict[str, Any]], panels: dict[str, Sequenc
 
 
 def compare_curves(histories: dict[str, Sequence[dict[str, Any]]], panels: dict[str, str]) -> plt.Figure:
-    """Several trainings side by side (chapters 6-8): one panel per entry of ``panels`` (history key →
+    """Several trainings side by side (chapters 6-9): one panel per entry of ``panels`` (history key →
     title), one line per entry of ``histories`` (label → per-epoch history), epochs on the x-axis."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels.items()):

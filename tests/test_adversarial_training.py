@@ -485,21 +485,24 @@ def test_paper_profile_has_the_issues_hyperparameters():
 
 @pytest.fixture(scope="module")
 def paper_size_models() -> dict[str, nn.Module]:
+    """One network of each architecture the paper profile trains, by name."""
     torch.manual_seed(0)
-    spec = config.PROFILES["paper"]["adversarial_training"]
-    return {"target": models.build(spec["target"]["arch"], 10, 3), "guide": models.build(spec["guide"]["arch"], 10, 3)}
+    return {arch: models.build(arch, 10, 3) for arch in ("wrn34_10", "resnet18_cifar")}
 
 
 @pytest.mark.parametrize("name", ["standard", "pgd_at", "trades", "mart", "fat", "gairat", "awp", "lbgat", "dynat",
-                                  "dynat_awp", "dynat_inner_awp"])
+                                  "dynat_awp", "dynat_inner_awp", "mail", "dynat_inner_gairat", "dynat_at_mail",
+                                  "dynat_mail_inner"])
 def test_one_step_of_each_trainer_at_paper_size(paper_size_models, name):
-    """WRN-34-10 target (and ResNet18_cifar guide) on a CIFAR-shaped batch of 2 with the paper
-    profile's options; one inner step instead of ten keeps the CPU test short (the step count is just
-    a loop bound), and AWP and GAIRAT's reweighting start at once."""
-    target = paper_size_models["target"]
+    """The method's paper-profile networks (WRN-34-10 target and ResNet18_cifar guide, the other way
+    round for the MAIL rows) on a CIFAR-shaped batch of 2 with the paper profile's options; one inner
+    step instead of ten keeps the CPU test short (the step count is just a loop bound), and AWP and
+    the reweighting start at once."""
     run = config.setup("paper", device="cpu", quiet=True)
     method_config = recipes.adversarial_training_config(run, name)
-    model = GuideAndTarget(paper_size_models["guide"], target) if "guide" in method_config else target
+    target = paper_size_models[method_config["target"]["arch"]]
+    model = (GuideAndTarget(paper_size_models[method_config["guide"]["arch"]], target) if "guide" in method_config
+             else target)
     options = method_config.get("trainer_options", {})
     if options:
         options = {**options, "steps": 1, **{key: 1 for key in ("awp_from_epoch", "reweight_from_epoch")
@@ -538,7 +541,7 @@ def test_paper_profile_results_quote_the_papers_table(tmp_path, monkeypatch):
 def test_at_rows_carry_the_papers_names():
     labels = {method.label for method in recipes.AT_METHODS.values()}
     assert {"DYNAT-AWP (β = 0)", "DYNAT-AWP (β = 1)", "DYNAT-Inner-AWP (β = 1)", "PGD-AT", "TRADES", "DYNAT"} <= labels
-    paper_rows = set(papers.DYNAT_TABLE1)
+    paper_rows = set(papers.DYNAT_TABLE1) | set(papers.DYNAT_TABLE3) | set(papers.DYNAT_TABLE4)
     for method in recipes.AT_METHODS.values():
         if method.name not in ("standard", "dynat_no_inner"):
             assert method.label in paper_rows, method.label

@@ -1,4 +1,4 @@
-"""Which rows chapter 10's leaderboard holds, and the AutoAttack budgets it builds from a profile."""
+"""Which rows chapter 11's leaderboard holds, and the AutoAttack budgets it builds from a profile."""
 from __future__ import annotations
 
 import importlib
@@ -74,8 +74,8 @@ def test_precompute_caches_what_the_chapter_asks_for(asked):
 
 
 def test_chapter_9_precomputes_exactly_the_purifiers_threat_models(asked):
-    """Chapter 9 computes the AutoAttack runs behind the purifier's four threat-model rows and
-    nothing else (the other rows and the checklists are chapter 10's): the same files that
+    """Chapter 10 computes the AutoAttack runs behind the purifier's four threat-model rows and
+    nothing else (the other rows and the checklists are chapter 11's): the same files that
     ``outcomes`` loads for the purifier."""
     run = config.setup("quick", device="cpu", quiet=True)
     purifier_eps = run.config["purification"]["train_attack"]["eps"]
@@ -93,7 +93,7 @@ def test_chapter_9_precomputes_exactly_the_purifiers_threat_models(asked):
 
 def test_chapters_6_to_8_run_autoattack_on_the_leaderboards_images():
     """1000 evaluation images with AutoAttack on the first 200 are the leaderboard's 200: the same
-    images (nested samples) under the same cache key, so chapter 10 loads what chapters 6-8 computed."""
+    images (nested samples) under the same cache key, so chapter 11 loads what chapters 6-9 computed."""
     from advlib.recipes.common import autoattack_key
     run = config.setup("quick", device="cpu", quiet=True)
     chapter = run.config["adversarial_training"]["evaluation"]

@@ -22,7 +22,8 @@ from advlib.evaluation import accuracy, predict, robust_accuracy
 ROOT = Path(__file__).resolve().parent.parent
 SIZE_SETTINGS = {"eval_subset", "cw_subset", "autoattack_subset", "epochs", "teacher_epochs", "student_epochs",
                  "train_subset", "holdout", "batch_size", "cw_steps", "cw_restarts", "autoattack_iterations",
-                 "square_queries", "check_subset", "check_steps", "check_square_queries"}
+                 "square_queries", "check_subset", "check_steps", "check_square_queries",
+                 "steps"}  # the training attack's step count, a loop bound
 
 
 def _paper_value(dotted: str):

@@ -1,5 +1,5 @@
 """Who the attacker may see: a purifier's threat models (gray-box, BPDA, transfer, white-box through
-f∘P) on a small purifier, BPDA's gradient worked by hand, and the randomised purifier of chapter 9."""
+f∘P) on a small purifier, BPDA's gradient worked by hand, and the randomised purifier of chapter 10."""
 import torch
 from torch import nn
 

@@ -101,7 +101,7 @@ def _mask(robust: int, n: int = 4) -> torch.Tensor:
 
 
 def test_every_check_row_has_its_name_its_numbers_and_passes_at_exactly_the_tolerance():
-    """The rows of sanity.json, field by field (chapter 10 prints them), and the verdict at the
+    """The rows of sanity.json, field by field (chapter 11 prints them), and the verdict at the
     boundary: a difference of exactly the tolerance (1 image of 4, tolerance 0.25, exact in floating
     point) is noise, one more image fails."""
     from advlib.evaluation import sanity

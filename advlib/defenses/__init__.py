@@ -1,5 +1,5 @@
 """Defences by name: the trainers of every method, loss functions for :func:`advlib.training.fit`
-(purification in chapters 3-5, adversarial training in 6 and 8, distillation in 7).
+(purification in chapters 3-5, adversarial training in 6, 8 and 9, distillation in 7).
 ``advlib.defenses.build("purifier-kd", ...)``."""
 from __future__ import annotations
 
@@ -30,4 +30,5 @@ def frozen(module: nn.Module) -> nn.Module:
 from . import purification  # noqa: E402,F401  (registers the purification trainers)
 from . import adversarial_training, awp, dynat  # noqa: E402,F401  (registers the adversarial trainers)
 from . import fat, gairat, lbgat, mart  # noqa: E402,F401  (DYNAT's baselines in Table 1)
+from . import dynat_reweighted, mail  # noqa: E402,F401  (MAIL and the reweighted DYNATs of Tables 3-4)
 from . import distillation  # noqa: E402,F401  (registers the adversarial distillation trainers)

@@ -132,6 +132,15 @@ class TRADES(EpochSeeded):
         return trades_loss(logits_clean, logits_adv, y, self.beta), logits_clean
 
 
+def ce_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
+                   generator: torch.Generator, bn_mode: str = "eval") -> torch.Tensor:
+    """argmax_{x'} CE(f(x'), y) (summed) over the L∞ ball by :func:`maximize_linf` with the model in
+    ``bn_mode``: the inner maximisation of MART's and MAIL's authors' code."""
+    with in_mode(model, bn_mode):
+        return maximize_linf(model, x, lambda logits: F.cross_entropy(logits, y, reduction="sum"), eps=eps,
+                             alpha=alpha, steps=steps, generator=generator)
+
+
 def trades_adversarial(model: nn.Module, x: torch.Tensor, *, eps: float, alpha: float, steps: int,
                        generator: torch.Generator, bn_mode: str = "eval") -> torch.Tensor:
     """TRADES's inner maximiser: argmax_{x'} KL(f(x) ‖ f(x')) over the L∞ ball (Zhang et al. 2019,

@@ -125,17 +125,27 @@ class DYNAT(EpochSeeded, LabelAgreement):
             return maximize_linf(target, x, lambda logits: F.cross_entropy(logits, labels), eps=self.eps,
                                  alpha=self.alpha, steps=self.steps, generator=self.generator(x.device, epoch))
 
+    def craft(self, target: nn.Module, x: torch.Tensor, labels: torch.Tensor, epoch: int
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x' for the inner step's ``labels``, and what the outer loss needs of the attack besides
+        (nothing for DYNAT; GAIRAT's step counts for DYNAT-Inner-GAIRAT)."""
+        return self.craft_on_labels(target, x, labels, epoch), None
+
+    def outer_loss(self, guide_logits: torch.Tensor, target_logits_adv: torch.Tensor, y: torch.Tensor,
+                   attack_record: torch.Tensor | None, epoch: int) -> torch.Tensor:
+        return dynat_loss(guide_logits, target_logits_adv, y, self.label_weight)
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         pair = _check_pair(model)
         guide_logits = pair.guide(x)
         labels = dynamic_labels(guide_logits)
         self._count(labels, y)
-        x_adv = self.craft_on_labels(pair.target, x, labels if self.inner == "dynamic" else y, epoch)
+        x_adv, attack_record = self.craft(pair.target, x, labels if self.inner == "dynamic" else y, epoch)
         target_logits_adv = pair.target(x_adv)
         if self.target_clean_pass:
             _run_for_batchnorm(pair.target, x)
-        return dynat_loss(guide_logits, target_logits_adv, y, self.label_weight), target_logits_adv
+        return self.outer_loss(guide_logits, target_logits_adv, y, attack_record, epoch), target_logits_adv
 
 
 @DEFENSES.register("dynat_awp")

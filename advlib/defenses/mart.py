@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attacks.primitives import in_mode
 from . import DEFENSES
-from .adversarial_training import EpochSeeded, maximize_linf
+from .adversarial_training import EpochSeeded, ce_adversarial
 
 
 def boosted_cross_entropy(logits_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -60,9 +59,7 @@ class MART(EpochSeeded):
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        with in_mode(model, self.bn_mode):
-            x_adv = maximize_linf(model, x, lambda logits: F.cross_entropy(logits, y, reduction="sum"),
-                                  eps=self.eps, alpha=self.alpha, steps=self.steps,
-                                  generator=self.generator(x.device, epoch))
+        x_adv = ce_adversarial(model, x, y, eps=self.eps, alpha=self.alpha, steps=self.steps,
+                               generator=self.generator(x.device, epoch), bn_mode=self.bn_mode)
         logits_clean, logits_adv = model(x), model(x_adv)
         return mart_loss(logits_clean, logits_adv, y, self.beta), logits_adv

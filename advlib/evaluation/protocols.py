@@ -4,7 +4,7 @@
   alone, then scored through each purifier, f(P(x')).
 * :func:`white_box` — the adaptive one (chapters 5 and 9): x' crafted on f∘P itself;
   :class:`BPDAPurified` and :class:`NoisyPurifier` with EOT for purifiers whose gradients cannot
-  be used as they are (chapter 9).
+  be used as they are (chapter 10).
 * :func:`crafted_on` — x' crafted on one model, scored on another (gray-box, transfer).
 * :func:`transfer_rate` — SAAD's adversarial transferability (chapter 7).
 * :func:`robustness_outcomes` — the per-image outcomes behind one row of the adversarial-training
@@ -53,7 +53,7 @@ class BPDAPurified(Purified):
 
 
 class NoisyPurifier(nn.Module):
-    """P(x + σ·N(0, I)): a randomised purifier, whose every forward pass draws new noise (chapter 9
+    """P(x + σ·N(0, I)): a randomised purifier, whose every forward pass draws new noise (chapter 10
     uses it to show why randomised defences need EOT: Athalye et al. 2018, Sec. 4.3)."""
 
     def __init__(self, purifier: nn.Module, sigma: float) -> None:
@@ -68,7 +68,7 @@ def folded(model: nn.Module) -> nn.Module:
     """The function of ``model`` in eval mode with every BatchNorm that follows a convolution folded
     into it (torch.fx's fusion; those after a transposed convolution stay): the same logits up to
     float rounding and the same input gradients, for attacking a fixed model faster (the purifier of
-    chapters 9-10 behind its ResNet20: forward-backward 289 → 230 ms per 128 Fashion-MNIST images on two
+    chapters 10-11 behind its ResNet20: forward-backward 289 → 230 ms per 128 Fashion-MNIST images on two
     CPU cores). A purified model is folded part by part, so that its BPDA version can still be built
     from it; a model that torch.fx cannot trace is returned unchanged. Only for evaluation: the copy
     has no BatchNorm statistics to train."""

@@ -1,5 +1,5 @@
 """The evaluation checklist of Carlini et al. (2019, "On evaluating adversarial robustness", Sec. 5)
-as code (chapter 10): each check is a function of measured outcomes and returns a row with its name,
+as code (chapter 11): each check is a function of measured outcomes and returns a row with its name,
 whether it ``passed`` and the numbers behind the verdict. A failed check does not prove a defence
 broken; it says the evaluation cannot be trusted until the failure is explained.
 

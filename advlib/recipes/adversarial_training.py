@@ -1,6 +1,6 @@
-"""Chapters 6 and 8: adversarially trained models — standard training, PGD-AT, TRADES, the other
-baselines of DYNAT's Table 1 (MART, FAT, GAIRAT, AWP, LBGAT), DYNAT and its AWP variants — and one
-row of DYNAT's Table 1 for each."""
+"""Chapters 6, 8 and 9: adversarially trained models — standard training, PGD-AT, TRADES, the other
+baselines of DYNAT's Table 1 (MART, FAT, GAIRAT, AWP, LBGAT), DYNAT and its AWP variants, MAIL and
+the DYNATs reweighted as GAIRAT and MAIL (Tables 3-4) — and one row of DYNAT's tables for each."""
 from __future__ import annotations
 
 from typing import Any
@@ -29,12 +29,27 @@ AT_METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dynat_awp_beta0", "DYNAT-AWP (β = 0)", "dynat_awp", "dynat_awp", {"beta": 0.0}),
     Method("dynat_awp", "DYNAT-AWP (β = 1)", "dynat_awp", "dynat_awp", {"beta": 1.0}),
     Method("dynat_inner_awp", "DYNAT-Inner-AWP (β = 1)", "dynat_inner_awp", "dynat_awp", {"beta": 1.0}),
+    Method("mail", "MAIL", "mail", "mail"),
+    Method("dynat_inner_gairat", "DYNAT-Inner-GAIRAT", "dynat_inner_gairat", "dynat_inner_gairat"),
+    Method("dynat_at_mail", "DYNAT-AT-MAIL", "dynat_mail", "dynat_mail", {"inner": "ground_truth"}),
+    Method("dynat_mail_inner", "DYNAT-MAIL-Inner", "dynat_mail", "dynat_mail", {"inner": "dynamic"}),
 )}
 
 AT_COLUMNS = papers.DYNAT_COLUMNS
 
 # the trainers of a GuideAndTarget pair
-GUIDED_TRAINERS = ("lbgat", "dynat", "dynat_awp", "dynat_inner_awp")
+GUIDED_TRAINERS = ("lbgat", "dynat", "dynat_awp", "dynat_inner_awp", "dynat_inner_gairat", "dynat_mail")
+
+# the methods of DYNAT's Tables 3 and 4 (chapter 9): MAIL and DYNAT combined with GAIRAT and MAIL
+REWEIGHTING_METHODS = ("gairat", "mail", "dynat_inner_gairat", "dynat_at_mail", "dynat_mail_inner")
+
+def chapter_of(method: str) -> int:
+    """The chapter that trains ``method`` (a key of :data:`AT_METHODS`): 9 for MAIL and the reweighted
+    DYNATs, 8 for the other methods that train a guide, 6 for the rest."""
+    if method in REWEIGHTING_METHODS and method != "gairat":
+        return 9
+    return 8 if AT_METHODS[method].trainer in GUIDED_TRAINERS else 6
+
 
 # Settings given as a fraction of training (so that they scale with the profile's epochs), and the
 # trainer option each becomes: the first epoch, counted from 1, at or after that fraction.
@@ -69,7 +84,7 @@ def adversarial_training_config(run: Run, method: str) -> dict[str, Any]:
             options["tau_from_epoch"] = [first_epoch_at(f, config["epochs"]) for f in options.pop("tau_starts")]
         config["trainer_options"] = options
     if recipe.trainer in GUIDED_TRAINERS:
-        config["guide"] = spec["guide"]
+        config["guide"] = own_training.get("guide", spec["guide"])
     return config
 
 
@@ -87,9 +102,9 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     :class:`~advlib.defenses.dynat.GuideAndTarget` pair, whose forward pass is the target's."""
     config = adversarial_training_config(run, method)
     spec = run.config["adversarial_training"]
-    target = network(run, "target", seed=run.seed)
+    target = network(run, "target", seed=run.seed, **config["target"])
     if "guide" in config:
-        model = defenses.dynat.GuideAndTarget(network(run, "guide", seed=run.seed + 1), target)
+        model = defenses.dynat.GuideAndTarget(network(run, "guide", seed=run.seed + 1, **config["guide"]), target)
     else:
         model = target
     trainer = defenses.build(config["trainer"], **config.get("trainer_options", {}), seed=run.seed)
@@ -157,9 +172,37 @@ def at_table(run: Run, methods: list[str], save: bool = False) -> list[dict[str,
 def save_at_dynat(run: Run, rows: list[dict[str, Any]]) -> Any:
     """Write ``at_dynat.json``: our ``rows`` and, in the paper profile, the rows of the seed's table
     for the dataset, labelled as the paper's (accuracies as fractions, like ours)."""
+    tables = [papers.DYNAT_TABLES[run.dataset]] if run.dataset in papers.DYNAT_TABLES else []
+    return save_with_paper_rows(run, "at_dynat", rows, tables)
+
+
+# DYNAT's Tables 3 and 4 (CIFAR-10 only) and the methods of each that the book trains
+REWEIGHTING_TABLES: dict[str, tuple[dict[str, dict[str, float]], tuple[str, ...]]] = {
+    "Table 3": (papers.DYNAT_TABLE3, ("gairat", "dynat_inner_gairat")),
+    "Table 4": (papers.DYNAT_TABLE4, ("pgd_at", "trades", "mart", "fat", "awp", "gairat", "mail", "dynat_at_mail",
+                                      "dynat_mail_inner")),
+}
+
+
+def reweighting_table(run: Run, save: bool = False) -> list[dict[str, Any]]:
+    """The rows (:func:`at_evaluation`) of every method of DYNAT's Tables 3 and 4 (chapter 9); with
+    ``save`` also written to ``at_dynat_reweighting.json`` together with, in the paper profile on
+    CIFAR-10, the rows of both tables labelled as the paper's."""
+    methods = list(dict.fromkeys(m for _, members in REWEIGHTING_TABLES.values() for m in members))
+    rows = [at_evaluation(run, method) for method in methods]
+    if save:
+        tables = [(name, table) for name, (table, _) in REWEIGHTING_TABLES.items()] if run.dataset == "cifar10" else []
+        save_with_paper_rows(run, "at_dynat_reweighting", rows, tables)
+    return rows
+
+
+def save_with_paper_rows(run: Run, name: str, rows: list[dict[str, Any]],
+                         tables: list[tuple[str, dict[str, dict[str, float]]]]) -> Any:
+    """Write the results file ``name``: our ``rows`` and, in the paper profile, the rows of each
+    ``(table name, table)`` of the seed labelled as the paper's (accuracies as fractions, like ours)."""
     table = list(rows)
-    if run.profile == "paper" and run.dataset in papers.DYNAT_TABLES:
-        name, paper_rows = papers.DYNAT_TABLES[run.dataset]
-        table += [{"method": method, "source": f"paper ({name})", **{k: v / 100 for k, v in values.items()}}
-                  for method, values in paper_rows.items()]
-    return run.save_results("at_dynat", table)
+    if run.profile == "paper":
+        for table_name, paper_rows in tables:
+            table += [{"method": method, "source": f"paper ({table_name})", **{k: v / 100 for k, v in values.items()}}
+                      for method, values in paper_rows.items()]
+    return run.save_results(name, table)

@@ -36,8 +36,9 @@ NETWORK_ROLES = {"classifier": ("classifier", None), "purifier": ("purification"
 def network(run: Run, role: str, *, seed: int | None = None, **architecture: Any) -> nn.Module:
     """A freshly initialised network for ``role`` in ``run``'s profile, on the run's device: the
     chapter-1 ``"classifier"``, the ``"purifier"`` autoencoder (chapters 3-5), the adversarially
-    trained ``"target"`` and DYNAT's ``"guide"`` (chapters 6 and 8), the distilled ``"student"``
-    (chapter 7). ``architecture`` overrides the profile's settings (e.g. ``skips=False``).
+    trained ``"target"`` and DYNAT's ``"guide"`` (chapters 6, 8 and 9), the distilled ``"student"``
+    (chapter 7). ``architecture`` overrides the profile's settings (e.g. ``skips=False``); one that names
+    an ``arch`` replaces them (a method's own network in the paper profile).
 
     With ``seed`` the initial weights are drawn from a generator seeded by it alone, so that a cached
     artifact's weights follow from its configuration and not from what the process ran before (a
@@ -56,11 +57,12 @@ def network(run: Run, role: str, *, seed: int | None = None, **architecture: Any
     elif role == "purifier":
         net = models.build("cae", in_channels=meta.in_channels, **{**spec[key], **architecture})
     else:
-        params = {k: v for k, v in {**spec[key], **architecture}.items() if k != "arch"}
+        settings = architecture if "arch" in architecture else {**spec[key], **architecture}
+        params = {k: v for k, v in settings.items() if k != "arch"}
         if spec["normalize"]:
-            net = models.for_dataset(spec[key]["arch"], run.dataset, **params)
+            net = models.for_dataset(settings["arch"], run.dataset, **params)
         else:
-            net = models.build(spec[key]["arch"], meta.num_classes, meta.in_channels, **params)
+            net = models.build(settings["arch"], meta.num_classes, meta.in_channels, **params)
     return prepare_model(net, run.device)
 
 
@@ -84,7 +86,7 @@ def test_set(run: Run, subset: int | None | str = "profile") -> tuple[torch.Tens
     """The test images (floats in [0, 1]) and labels on the run's device; ``subset`` defaults to the
     profile's ``eval_subset``. A fixed random sample, the same in every chapter, and nested
     (:meth:`~advlib.data.ImageSet.sample`): the first m images of ``test_set(run, n)`` are
-    ``test_set(run, m)``, so chapters 6-8's AutoAttack images are the leaderboard's."""
+    ``test_set(run, m)``, so chapters 6-9's AutoAttack images are the leaderboard's."""
     n = run.config["eval_subset"] if subset == "profile" else subset
     return data.load(run.dataset, "test").sample(n, seed=0).tensors(run.device)
 
@@ -95,7 +97,7 @@ def autoattack_examples(run: Run, model_config: dict[str, Any], load: Callable[[
     or None) of the ``eval_subset`` test images, crafted white-box on the model ``load()`` returns
     (with ``bpda``, on the BPDA version of that purified model), with the budgets of ``section``
     (a chapter's ``evaluation`` or the ``leaderboard``). Cached by what determines them, so chapter
-    9's leaderboard reuses what chapters 6-8 computed whenever the settings agree; ``verbose=False``
+    11's leaderboard reuses what chapters 6-9 computed whenever the settings agree; ``verbose=False``
     does not say whether they were loaded or computed."""
     x, y = test_set(run, section["eval_subset"])
     n = min(section.get("autoattack_subset") or len(x), len(x))
@@ -114,7 +116,7 @@ def autoattack_key(run: Run, model_config: dict[str, Any], eps: float, section: 
     """What determines :func:`autoattack_examples` (its cache key); ``n_test``, the number of
     ``eval_subset`` test images, is read from the data when not given. The first n images of a
     sampled ``eval_subset`` are the sample of n (:func:`test_set`), so the key records that sample's
-    size: chapters 6-8 (1000 evaluation images, AutoAttack on 200) and chapters 9-10 (200) share them;
+    size: chapters 6-9 (1000 evaluation images, AutoAttack on 200) and chapters 10-11 (200) share them;
     ``eval_subset=None`` is the test set in file order (the paper profile's "first 1000 images")."""
     if n_test is None:
         n_test = len(test_set(run, section["eval_subset"])[1])
@@ -127,7 +129,7 @@ def autoattack_key(run: Run, model_config: dict[str, Any], eps: float, section: 
 
 def held_out_robustness(model: nn.Module, x_val: torch.Tensor, y_val: torch.Tensor, attack: Any,
                         transfer_to: nn.Module | None = None) -> dict[str, float]:
-    """The per-epoch curves of chapters 6-8: clean and PGD-10 accuracy on the held-out slice and,
+    """The per-epoch curves of chapters 6-9: clean and PGD-10 accuracy on the held-out slice and,
     with ``transfer_to`` (chapter 7's teacher), the transfer rate of the PGD-10 examples of the
     images ``model`` classifies correctly."""
     correct = predict(model, x_val).argmax(1) == y_val

@@ -1,7 +1,7 @@
-"""Chapters 9 and 10: every defence of the book under one adaptive evaluation — the purifier under
-each threat model (chapter 9) next to the adversarially trained and the distilled models — the
+"""Chapters 10 and 11: every defence of the book under one adaptive evaluation — the purifier under
+each threat model (chapter 10) next to the adversarially trained and the distilled models — the
 evaluation checklist run on each, and one leaderboard with confidence intervals and paired tests
-(chapter 10)."""
+(chapter 11)."""
 from __future__ import annotations
 
 import time
@@ -18,7 +18,7 @@ from ..evaluation import Purified, robust_accuracy, sanity
 from ..evaluation.protocols import PURIFIER_THREATS, crafted_on, folded, threat_outcomes
 from ..evaluation.reporting import fraction_with_interval
 from ..evaluation.statistics import mcnemar_exact
-from .adversarial_training import AT_METHODS, GUIDED_TRAINERS, adversarial_training_config, adversarially_trained
+from .adversarial_training import AT_METHODS, adversarial_training_config, adversarially_trained, chapter_of
 from .classifier import classifier, classifier_config
 from .common import autoattack_examples, autoattack_key, test_set
 from .distillation import DISTILLATION_METHODS, distillation_config, distilled_student
@@ -39,7 +39,7 @@ class Defence:
 
 def defences(run: Run) -> dict[str, Defence]:
     """Every model the book trains, by key: the undefended classifier, the purifier (chapter 5), the
-    adversarially trained models (chapters 6 and 8) and the distilled students (chapter 7, whose
+    adversarially trained models (chapters 6, 8 and 9) and the distilled students (chapter 7, whose
     teacher is chapter 6's TRADES model)."""
     entries = [Defence(UNDEFENDED, 1, lambda: classifier(run)[0], classifier_config(run),
                        lambda: classifier(run)[1])]
@@ -51,7 +51,7 @@ def defences(run: Run) -> dict[str, Defence]:
                            purifier_config(run, "teacher-at"),
                            lambda: purifier_teacher(run, "at")[1]))
     for key, method in AT_METHODS.items():
-        entries.append(Defence(method.label, 8 if method.trainer in GUIDED_TRAINERS else 6,
+        entries.append(Defence(method.label, chapter_of(key),
                                (lambda key=key: adversarially_trained(run, key)[0]),
                                adversarial_training_config(run, key), (lambda key=key: adversarially_trained(run, key)[1])))
     for key, method in DISTILLATION_METHODS.items():
@@ -83,7 +83,7 @@ def adversarial_examples(run: Run, name: str, eps: float, bpda: bool = False) ->
     ``name`` (with ``bpda``, on a purifier's BPDA version): :func:`~.common.autoattack_examples` with the
     ``leaderboard`` section's budgets. Every threat model that attacks through the same model reuses
     them (the gray-box examples are the undefended classifier's, the transfer examples PGD-AT's).
-    Quiet: :func:`precompute` reports what chapters 9 and 10 computed."""
+    Quiet: :func:`precompute` reports what chapters 10 and 11 computed."""
     entry = defences(run)[name]
     return autoattack_examples(run, entry.config, entry.load, eps, run.config["leaderboard"], bpda, verbose=False)
 
@@ -215,7 +215,7 @@ def checklist(run: Run, name: str) -> list[dict[str, Any]]:
 
 
 def evaluation_jobs(run: Run, names: Iterable[str] | None = None, checklists: bool = True) -> list[tuple[Any, ...]]:
-    """What chapters 9 and 10 compute, each once: ``("examples", defence, eps, bpda)`` for every
+    """What chapters 10 and 11 compute, each once: ``("examples", defence, eps, bpda)`` for every
     AutoAttack run that the leaderboard's rows of the defences ``names`` (all of them when None)
     score (:func:`attack_source`), and, with ``checklists``, ``("checklist", defence)`` for each of
     those defences."""
