@@ -289,13 +289,16 @@ def test_trainers_pass_their_own_weights_to_their_losses():
 
 # --- what every trainer shares: its random stream, its BatchNorm mode, pixels without a gradient -------
 
+GUIDED = ("lbgat", "dynat_inner_gairat", "dynat_mail")
+
+
 def network_for(name: str) -> nn.Module:
-    if name == "lbgat":
+    if name in GUIDED:
         return GuideAndTarget(small_network(), nn.Sequential(nn.Flatten(), nn.Linear(4, 3)))
     return small_network()
 
 
-TRAINERS = ["mart", "fat", "gairat", "trades_awp", "lbgat"]
+TRAINERS = ["mart", "fat", "gairat", "trades_awp", "lbgat", "mail", "dynat_inner_gairat", "dynat_mail"]
 SMALL_ATTACK = {"eps": 0.1, "alpha": 0.05, "steps": 1}
 
 
@@ -332,9 +335,10 @@ class ModeRecorder(nn.Module):
 @pytest.mark.parametrize("bn_mode", ["train", "eval"])
 def test_trainer_crafts_in_its_bn_mode_whatever_mode_the_model_is_in(name, bn_mode):
     """The inner maximisation runs in the trainer's ``bn_mode``: the attack's forward passes (all but
-    the last two or three, the outer passes) see that mode although the model is in the other one."""
+    the last two or three, the outer passes and DYNAT's clean pass) see that mode although the model
+    is in the other one."""
     recorder = ModeRecorder()
-    model = GuideAndTarget(small_network(), recorder) if name == "lbgat" else recorder
+    model = GuideAndTarget(small_network(), recorder) if name in GUIDED else recorder
     model.train(bn_mode == "eval")
     trainer = defenses.build(name, **{**SMALL_ATTACK, "steps": 2}, bn_mode=bn_mode)
     trainer(model, torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]), 0)

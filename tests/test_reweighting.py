@@ -82,6 +82,9 @@ def test_reweighted_dynat_loss_by_hand(smoothing):
     assert weighted.item() == pytest.approx(guide_ce + sum(w * t for w, t in zip(weights, target)) / 3, rel=1e-5)
     plain = reweighted_dynat_loss(guide, adversarial, y, None, smoothing)
     assert plain.item() == pytest.approx(guide_ce + sum(target) / 3, rel=1e-5)
+    if smoothing == 0.0:
+        assert reweighted_dynat_loss(guide, adversarial, y).item() == pytest.approx(plain.item()), \
+            "no weights and no smoothing by default"
 
 
 def small_network() -> nn.Module:
@@ -119,7 +122,7 @@ def test_mail_trainer_is_pgd_at_until_its_epoch_then_mail(epoch, reweighted):
 def test_dynat_mail_trainer_weights_the_target_term_by_its_margin_to_the_dynamic_label(inner, epoch, reweighted):
     pair, (x, y) = small_pair(), BATCH
     trainer = defenses.build("dynat_mail", **ATTACK, gamma=2.0, bias=0.1, reweight_from_epoch=2, inner=inner)
-    twin = defenses.build("dynat_mail", **ATTACK)
+    twin = defenses.build("dynat", **ATTACK)  # DYNAT's own inner step, with the same (seed, epoch) stream
     pair.eval()
     labels = pair.guide(x).argmax(1)
     x_adv = twin.craft_on_labels(pair.target, x, labels if inner == "dynamic" else y, epoch)
@@ -133,16 +136,20 @@ def test_dynat_mail_trainer_weights_the_target_term_by_its_margin_to_the_dynamic
 
 @pytest.mark.parametrize("epoch, reweighted", [(0, False), (1, True)])
 def test_dynat_inner_gairat_counts_steps_against_the_dynamic_label_and_smooths_it(epoch, reweighted):
-    pair, (x, y) = small_pair(), BATCH
-    trainer = defenses.build("dynat_inner_gairat", **ATTACK, lam=0.0, reweight_from_epoch=2, label_smoothing=0.2)
-    twin = defenses.build("dynat_inner_gairat", **ATTACK)
+    torch.manual_seed(5)  # a pair whose images cross the boundary after 0 to 3 steps
+    pair = GuideAndTarget(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)),
+                          nn.Sequential(nn.Flatten(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)))
+    x, y = BATCH
+    attack = {"eps": 0.4, "alpha": 0.1, "steps": 4}  # large enough that κ differs between the images
+    trainer = defenses.build("dynat_inner_gairat", **attack, lam=0.0, reweight_from_epoch=2, label_smoothing=0.2)
     pair.eval()
     labels = pair.guide(x).argmax(1)
-    start = uniform_start(x, 0.1, twin.generator(x.device, epoch))
-    x_adv, least = pgd_with_least_steps(pair.target, x, labels, start, **ATTACK)
+    start = uniform_start(x, 0.4, defenses.build("dynat").generator(x.device, epoch))
+    x_adv, least = pgd_with_least_steps(pair.target, x, labels, start, **attack)
+    assert len(set(least.tolist())) > 1, "the test needs images that cross after different numbers of steps"
     loss, logits = trainer(pair, x, y, epoch)
     assert torch.allclose(logits, pair.target(x_adv))
-    weights = gairat_weights(least, 2, 0.0) if reweighted else None
+    weights = gairat_weights(least, 4, 0.0) if reweighted else None
     expected = reweighted_dynat_loss(pair.guide(x), pair.target(x_adv), y, weights, 0.2)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -157,20 +164,40 @@ def test_bad_settings_are_refused_with_their_name(name, options, match):
         defenses.build(name, **options)
 
 
+def test_boundary_settings_are_accepted():
+    """γ = 0 (every weight equal: PGD-AT, chapter 9's exercise 1), a slope below 1 and no label
+    smoothing are all valid."""
+    assert defenses.build("mail", gamma=0.0).gamma == 0.0
+    assert defenses.build("dynat_mail", gamma=0.5).gamma == 0.5
+    assert defenses.build("dynat_inner_gairat", label_smoothing=0.0).label_smoothing == 0.0
+
+
 def test_defaults_are_the_papers_settings():
     """MAIL-AT: γ = 10, β = −0.5, weights from epoch 77 (the authors' README and train.py); DYNAT-Inner-
     GAIRAT: λ = −1, label smoothing 0.2, weights after a 70-epoch burn-in (Sec. 4.3); DYNAT's ε and step."""
     mail = defenses.build("mail")
-    assert (mail.eps, mail.alpha, mail.steps, mail.gamma, mail.bias, mail.reweight_from_epoch, mail.bn_mode) == (
-        8 / 255, 2 / 255, 10, 10.0, -0.5, 77, "eval")
+    assert (mail.eps, mail.alpha, mail.steps, mail.gamma, mail.bias, mail.reweight_from_epoch, mail.bn_mode,
+            mail.seed) == (8 / 255, 2 / 255, 10, 10.0, -0.5, 77, "eval", 0)
     combined = defenses.build("dynat_mail")
-    assert (combined.eps, combined.alpha, combined.gamma, combined.bias, combined.reweight_from_epoch,
-            combined.inner) == (0.031, 0.007, 10.0, -0.5, 77, "dynamic")
+    assert (combined.eps, combined.alpha, combined.steps, combined.gamma, combined.bias, combined.reweight_from_epoch,
+            combined.inner, combined.bn_mode, combined.target_clean_pass, combined.seed) == (
+        0.031, 0.007, 10, 10.0, -0.5, 77, "dynamic", "eval", True, 0)
     gairat = defenses.build("dynat_inner_gairat")
-    assert (gairat.eps, gairat.alpha, gairat.lam, gairat.label_smoothing, gairat.reweight_from_epoch) == (
-        0.031, 0.007, -1.0, 0.2, 71)
+    assert (gairat.eps, gairat.alpha, gairat.steps, gairat.lam, gairat.label_smoothing, gairat.reweight_from_epoch,
+            gairat.inner, gairat.bn_mode, gairat.target_clean_pass, gairat.seed) == (
+        0.031, 0.007, 10, -1.0, 0.2, 71, "dynamic", "eval", True, 0)
     margins = torch.tensor([-0.4, 0.2, 0.9])
     assert mail_weights(margins).tolist() == pytest.approx(mail_weights(margins, 10.0, -0.5).tolist())
+    logits, labels = torch.tensor(ADVERSARIAL), torch.tensor(LABELS)
+    assert mail_loss(logits, labels).item() == pytest.approx(mail_loss(logits, labels, 10.0, -0.5).item())
+
+
+@pytest.mark.parametrize("name", ["dynat_mail", "dynat_inner_gairat"])
+def test_reweighted_dynats_pass_their_settings_on_to_dynat(name):
+    """What the combined trainers hand to DYNAT's constructor arrives: the step count, the BatchNorm
+    mode, the seed and the clean BatchNorm pass."""
+    trainer = defenses.build(name, steps=3, bn_mode="train", seed=7, target_clean_pass=False)
+    assert (trainer.steps, trainer.bn_mode, trainer.seed, trainer.target_clean_pass) == (3, "train", 7, False)
 
 
 def test_paper_profile_has_each_methods_published_settings():

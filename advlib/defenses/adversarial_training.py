@@ -133,7 +133,7 @@ class TRADES(EpochSeeded):
 
 
 def ce_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
-                   generator: torch.Generator, bn_mode: str = "eval") -> torch.Tensor:
+                   generator: torch.Generator, bn_mode: str) -> torch.Tensor:
     """argmax_{x'} CE(f(x'), y) (summed) over the L∞ ball by :func:`maximize_linf` with the model in
     ``bn_mode``: the inner maximisation of MART's and MAIL's authors' code."""
     with in_mode(model, bn_mode):

@@ -49,8 +49,7 @@ class DYNATInnerGAIRAT(DYNAT):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if lam != lam:
             raise ValueError("GAIRAT's lambda must be a number (math.inf gives unweighted DYNAT)")
-        super().__init__(eps, alpha, steps, inner="dynamic", bn_mode=bn_mode,
-                         target_clean_pass=target_clean_pass, seed=seed)
+        super().__init__(eps, alpha, steps, bn_mode=bn_mode, target_clean_pass=target_clean_pass, seed=seed)
         self.lam, self.reweight_from_epoch, self.label_smoothing = lam, reweight_from_epoch, label_smoothing
 
     def craft(self, target: nn.Module, x: torch.Tensor, labels: torch.Tensor, epoch: int
