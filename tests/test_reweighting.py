@@ -241,7 +241,8 @@ def test_a_methods_own_architecture_builds_its_networks(tmp_path, monkeypatch):
 
 def test_rows_carry_the_papers_names_and_tables_hold_the_seeds_numbers():
     labels = {recipes.AT_METHODS[m].label for m in recipes.REWEIGHTING_METHODS}
-    assert labels == {"GAIRAT", "MAIL", "DYNAT-Inner-GAIRAT", "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"}
+    assert labels == {"MAIL", "DYNAT-Inner-GAIRAT", "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"}
+    assert set(recipes.REWEIGHTING_METHODS) <= set(recipes.REWEIGHTING_ROWS)
     for name, (table, methods) in recipes.REWEIGHTING_TABLES.items():
         assert {recipes.AT_METHODS[m].label for m in methods} <= set(table), name
     assert papers.DYNAT_TABLE3["DYNAT-Inner-GAIRAT"]["AA"] == 42.60

@@ -2,7 +2,7 @@
 
 * :func:`gray_box` — the purification paper's protocol (chapter 5): x' crafted on the classifier f
   alone, then scored through each purifier, f(P(x')).
-* :func:`white_box` — the adaptive one (chapters 5 and 9): x' crafted on f∘P itself;
+* :func:`white_box` — the adaptive one (chapters 5 and 10): x' crafted on f∘P itself;
   :class:`BPDAPurified` and :class:`NoisyPurifier` with EOT for purifiers whose gradients cannot
   be used as they are (chapter 10).
 * :func:`crafted_on` — x' crafted on one model, scored on another (gray-box, transfer).

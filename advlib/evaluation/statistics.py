@@ -1,4 +1,4 @@
-"""How sure a number is (chapters 6-9): a binomial confidence interval for an accuracy measured on n
+"""How sure a number is (chapters 6-11): a binomial confidence interval for an accuracy measured on n
 images, and an exact paired test for two models evaluated on the same images."""
 from __future__ import annotations
 

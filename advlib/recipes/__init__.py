@@ -10,7 +10,8 @@ from .common import NETWORK_ROLES, Method, held_out_robustness, network, test_se
 from .classifier import classifier, classifier_config  # noqa: F401
 from .purification import (ABLATION, adversarial_pairs, gray_box_tables, purifier_config,  # noqa: F401
                            purifier_student, purifier_student_loss, purifier_teacher)
-from .adversarial_training import (AT_COLUMNS, AT_METHODS, REWEIGHTING_METHODS, REWEIGHTING_TABLES,  # noqa: F401
+from .adversarial_training import (AT_COLUMNS, AT_METHODS, REWEIGHTING_METHODS, REWEIGHTING_ROWS,  # noqa: F401
+                                   REWEIGHTING_TABLES,
                                    adversarial_training_config, adversarially_trained, at_evaluation, at_outcomes,
                                    at_table, chapter_of, reweighting_table, save_at_dynat)
 from .distillation import (DISTILLATION_COLUMNS, DISTILLATION_METHODS, DISTILLED, TEACHER_LABEL,  # noqa: F401
