@@ -11,6 +11,8 @@
   lock: one computes, the other waits and then loads.
 * An artifact that cannot be read (truncated by a full disk, corrupted) is reported with its name,
   moved aside (``*.corrupt-<time>.pt``) and computed again.
+* In a distributed run (:mod:`advlib.distributed`) every rank computes alike, but only rank 0 takes
+  the lock, decides whether the artifact is there (the others follow it) and writes it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from . import paths
+from . import distributed, paths
 
 # Bump the version of a kind when a change alters what it computes (weights, examples, results), so
 # that no artifact computed by older code is loaded. The longest matching prefix of a kind counts;
@@ -180,12 +182,28 @@ def load_readable(path: Path, device: torch.device | str, required: tuple[str, .
         return None
 
 
+def _locked(path: Path) -> contextlib.AbstractContextManager:
+    """The artifact's file lock, taken by rank 0 alone in a distributed run (its other ranks wait for
+    rank 0 in every collective operation instead; taking the lock too would deadlock them)."""
+    return FileLock(path.with_suffix(".lock")) if distributed.is_main() else contextlib.nullcontext()
+
+
+def _load_agreed(path: Path, device: torch.device | str, required: tuple[str, ...] = ()) -> Any | None:
+    """:func:`load_readable` on rank 0; the other ranks of a distributed run load the file only where
+    rank 0 found it, so that all of them go on to load, or all to compute."""
+    state = load_readable(path, device, required) if distributed.is_main() else None
+    if not distributed.agree(state is not None):
+        return None
+    return state if state is not None else load(path, device)
+
+
 def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]],
                     root: Path | None = None, verbose: bool = True) -> dict[str, torch.Tensor]:
     """Tensors cached under ``config`` (e.g. a precomputed adversarial training set, a results row)."""
     path = artifact_path(kind, config, root)
-    with FileLock(path.with_suffix(".lock")):
-        tensors = load_readable(path, "cpu")
+    verbose = verbose and distributed.is_main()
+    with _locked(path):
+        tensors = _load_agreed(path, "cpu")
         if tensors is not None:
             if verbose:
                 _announce_load(kind, path)
@@ -194,22 +212,29 @@ def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dic
             print(f"computing {kind} (to be cached as {_name(path)})")
             _ANNOUNCED.add(path)  # said once: a later load in this process needs no "loaded" line
         tensors = compute()
-        atomic_save(tensors, path)
+        if distributed.is_main():
+            atomic_save(tensors, path)
         return tensors
 
 
 def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
                   train: Callable[[nn.Module, Path], list[dict[str, Any]]],
-                  root: Path | None = None, verbose: bool = True) -> tuple[nn.Module, list[dict[str, Any]]]:
+                  root: Path | None = None, verbose: bool = True, launch: Callable[[], None] | None = None
+                  ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Fill ``model`` with the cached weights for ``config``, or train it and cache the result.
 
     ``train(model, checkpoint_path)`` trains in place and returns the per-epoch history; it is
     expected to save its progress to ``checkpoint_path`` and resume from it (see
-    :func:`advlib.training.fit`), so an interrupted run picks up where it stopped.
+    :func:`advlib.training.fit`), so an interrupted run picks up where it stopped. ``launch``, where
+    given, is called first when the artifact is missing, to train it in other processes
+    (:func:`advlib.distributed.launcher`); it is then loaded like any cached artifact.
     """
     path = artifact_path(kind, config, root)
-    with FileLock(path.with_suffix(".lock")):
-        state = load_readable(path, next(model.parameters()).device, required=("model", "history"))
+    if launch is not None and not path.is_file():
+        launch()
+    verbose = verbose and distributed.is_main()
+    with _locked(path):
+        state = _load_agreed(path, next(model.parameters()).device, required=("model", "history"))
         if state is not None:
             model.load_state_dict(state["model"])
             if verbose:
@@ -221,7 +246,8 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
             print(f"training {kind}{resuming} (to be cached as {_name(path)})")
             _ANNOUNCED.add(path)
         history = train(model, checkpoint)
-        atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)
-        atomic_write_json(config, path.with_suffix(".json"), sort_keys=True)
-        checkpoint.unlink(missing_ok=True)
+        if distributed.is_main():
+            atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)
+            atomic_write_json(config, path.with_suffix(".json"), sort_keys=True)
+            checkpoint.unlink(missing_ok=True)
         return model, history

@@ -419,7 +419,9 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class Run:
     """What a notebook runs under: profile, dataset, device, seed and the resolved configuration;
-    ``smoke`` marks the paper profile cut to CI size (:data:`PAPER_SMOKE_OVERRIDES`)."""
+    ``smoke`` marks the paper profile cut to CI size (:data:`PAPER_SMOKE_OVERRIDES`). With ``gpus``
+    above 1 a missing trained model is trained by that many ``torchrun`` processes
+    (:mod:`advlib.distributed`), with BatchNorm statistics per process unless ``sync_batchnorm``."""
 
     profile: str
     dataset: str
@@ -427,6 +429,8 @@ class Run:
     seed: int
     config: dict[str, Any]
     smoke: bool = False
+    gpus: int = 1
+    sync_batchnorm: bool = False
     started: float = field(default_factory=time.time)
 
     @property
@@ -441,6 +445,8 @@ class Run:
         from . import __version__
 
         gpu = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
+        if self.gpus > 1:
+            gpu += f" | trains on {self.gpus} {'GPUs' if self.device.type == 'cuda' else 'CPU processes'} (torchrun)"
         lines = [
             f"advlib {__version__} | profile {self.profile!r}: {self.config['description']}",
             f"dataset {self.dataset} | device {self.device}{gpu} | seed {self.seed}",
@@ -490,18 +496,28 @@ def smoke_override_lines() -> list[str]:
 
 
 def setup(profile: str = "quick", dataset: str | None = None, device: str = "auto", seed: int = 0,
-          overrides: dict[str, Any] | None = None, quiet: bool = False, smoke: bool = False) -> Run:
+          overrides: dict[str, Any] | None = None, quiet: bool = False, smoke: bool = False, gpus: int = 1,
+          sync_batchnorm: bool = False) -> Run:
     """Resolve a notebook's parameters into a :class:`Run`, seed every RNG and print the banner.
     ``smoke=True`` (the paper profile only) applies :data:`PAPER_SMOKE_OVERRIDES` before
-    ``overrides``."""
+    ``overrides``; ``gpus=N`` trains what is not cached on N GPUs with ``torchrun``."""
     from .data import info
 
     if smoke and profile != "paper":
         raise ValueError(f"smoke=True cuts the paper profile to CI size; profile {profile!r} is already small")
+    resolved = resolve_device(device)
+    gpus = int(gpus)
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, not {gpus}")
+    if resolved.type == "cuda" and gpus > torch.cuda.device_count():
+        raise ValueError(f"gpus={gpus} but this machine has {torch.cuda.device_count()} GPU(s); "
+                         "ask for at most that many")
+    if sync_batchnorm and (gpus == 1 or resolved.type != "cuda"):
+        raise ValueError("sync_batchnorm needs gpus > 1 on CUDA GPUs (PyTorch's SyncBatchNorm runs only there)")
     config = profile_config(profile, {**(PAPER_SMOKE_OVERRIDES if smoke else {}), **(overrides or {})})
     dataset_name = info(dataset or config["dataset"]).name
     config["dataset"] = dataset_name
-    run = Run(profile, dataset_name, resolve_device(device), int(seed), config, bool(smoke))
+    run = Run(profile, dataset_name, resolved, int(seed), config, bool(smoke), gpus, bool(sync_batchnorm))
     seed_everything(run.seed)
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -520,10 +536,13 @@ def warning_without_path(message: Warning | str, category: type[Warning], filena
 
 
 def progress_enabled() -> bool:
-    """Progress bars are for people: batch runs (``make book``) set ``ADVLIB_PROGRESS=0``."""
+    """Progress bars are for people: batch runs (``make book``) set ``ADVLIB_PROGRESS=0``, and of the
+    ranks of a distributed run only rank 0 shows them."""
     import os
 
-    return os.environ.get("ADVLIB_PROGRESS", "1") != "0"
+    from . import distributed
+
+    return os.environ.get("ADVLIB_PROGRESS", "1") != "0" and distributed.is_main()
 
 
 def iterate(iterable: Any, desc: str = "", total: int | None = None) -> Iterator:

@@ -300,6 +300,10 @@ class TensorLoader:
     over the data instead of one pass: epoch ``e`` takes the next images of the stream, each pass
     shuffled by a generator seeded by ``(seed, pass)``. A short run then sees more distinct images
     in as many epochs of the same length, and still reports (and checkpoints) once per epoch.
+
+    :meth:`set_shard` makes the loader one of ``world_size`` ranks of a distributed run: each batch
+    is drawn and augmented as on one process and the rank keeps its slice of it, so the ranks'
+    slices together are the one-process epoch.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool = False, augment: bool = False,
@@ -320,9 +324,19 @@ class TensorLoader:
         self.paired = None if paired is None else paired.to(self.device)
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
         self.seed, self.epoch, self.images_per_epoch = seed, 0, images_per_epoch
+        self.rank, self.world_size = 0, 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_shard(self, rank: int, world_size: int) -> None:
+        """Yield only the ``rank``-th of ``world_size`` equal slices of every batch."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), not {rank}")
+        if world_size > 1 and (self.batch_size % world_size or not self.drop_last):
+            raise ValueError(f"a batch of {self.batch_size} cannot be split evenly between {world_size} ranks "
+                             "(the batch size must be a multiple of the number of ranks, with drop_last=True)")
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n = self.images_per_epoch or len(self.labels)
@@ -354,6 +368,10 @@ class TensorLoader:
             x = self.images[index].float().div_(255)
             if self.augment:
                 x = random_crop_flip(x, generator)
+            if self.world_size > 1:
+                share = self.batch_size // self.world_size
+                mine = slice(self.rank * share, (self.rank + 1) * share)
+                x, index = x[mine], index[mine]
             if self.paired is None:
                 yield x, self.labels[index]
             else:

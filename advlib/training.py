@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
+from . import distributed
 from .cache import atomic_save, load_readable
 from .config import autocast, in_notebook, iterate, show_log
 from .data import TensorLoader
@@ -186,7 +187,7 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
         schedule: dict[str, Any], loss_fn: LossFn = cross_entropy_loss, checkpoint: Path | None = None,
         evaluate: Callable[[nn.Module], dict[str, float]] | None = None, desc: str = "train",
         stop_after: int | None = None, callbacks: Sequence[Hooks] = (),
-        averaging: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        averaging: dict[str, Any] | None = None, sync_batchnorm: bool = False) -> list[dict[str, Any]]:
     """Train ``model`` in place for ``epochs`` and return one metrics record per epoch.
 
     After every epoch the training state is saved to ``checkpoint`` (:class:`Checkpoint`); if that
@@ -201,13 +202,24 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
     or after ``start``, as SAAD's SWA does. Each epoch the average's BatchNorm statistics are
     re-estimated on the (clean) training batches and ``evaluate`` also runs on it (keys prefixed
     ``avg_``); at the end the average replaces the trained weights.
+
+    Under ``torchrun`` (:mod:`advlib.distributed`) every rank runs this same call: each trains on its
+    slice of every batch, DistributedDataParallel averages the gradients (so the step is the one of
+    the whole batch wherever the loss is a mean over images), the records sum the ranks' losses and
+    counts, and only rank 0 evaluates, prints and writes the checkpoint that all ranks resume from.
+    What a trainer computes over its batch (BatchNorm statistics unless ``sync_batchnorm``, GAIRAT's
+    and MAIL's weights normalised over the batch) is computed over the rank's slice, and attacks
+    draw their random starts from a stream of their own on each rank.
     """
     device = next(model.parameters()).device
     opt = make_optimizer(model.parameters(), **optimizer)
     base_lrs = [group["lr"] for group in opt.param_groups]
     averaged = make_averaged(model, averaging) if averaging else None
-    saved = Checkpoint(checkpoint)
-    history = saved.restore(model, opt, averaged)
+    saved = Checkpoint(checkpoint if distributed.is_main() else None)
+    history = Checkpoint(checkpoint).restore(model, opt, averaged)
+    if distributed.active():
+        loader.set_shard(distributed.rank(), distributed.world_size())
+    step_loss = distributed.data_parallel(model, loss_fn, sync_batchnorm)
     hooks = [hook for hook in (loss_fn, *callbacks) if hasattr(hook, "after_step")]
     steps_per_epoch = len(loader)
     per_epoch = bool(averaging) and averaging.get("every", "step") == "epoch"
@@ -230,7 +242,7 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
             for group, base in zip(opt.param_groups, base_lrs):
                 group["lr"] = base * multiplier
             with autocast(device):
-                loss, logits = loss_fn(model, x, y, epoch, *paired)
+                loss, logits = step_loss(x, y, epoch, *paired)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -245,30 +257,46 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
             seen += len(y)
         if averaged is not None and per_epoch and (epoch + 1) / epochs >= averaging.get("start", 0.0):
             averaged.update_parameters(averaging_source(model, averaging))
+        loss_sum, correct, seen = distributed.sum_over_ranks(torch.stack([loss_sum, correct, torch.tensor(
+            float(seen), device=device)])).tolist()
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": base_lrs[0] * multiplier,
-                                  "train_loss": loss_sum.item() / seen, **passes.pop()}
+                                  "train_loss": loss_sum / seen, **passes.pop()}
         if has_logits:
-            record["train_acc"] = correct.item() / seen
+            record["train_acc"] = correct / seen
         if hasattr(loss_fn, "epoch_statistics"):
-            record.update(loss_fn.epoch_statistics())
-        if evaluate is not None:
-            record.update(evaluate(model))
-        if averaged is not None and int(averaged.n_averaged) > 0:
-            update_bn(loader, averaged)
+            record.update(mean_over_ranks(loss_fn.epoch_statistics(), device))
+        if distributed.is_main():
             if evaluate is not None:
-                record.update({f"avg_{k}": v for k, v in evaluate(averaged.module).items()})
+                record.update(evaluate(model))
+            if averaged is not None and int(averaged.n_averaged) > 0:
+                if distributed.active():  # the average's BatchNorm statistics from whole batches
+                    loader.set_shard(0, 1)
+                update_bn(loader, averaged)
+                if distributed.active():
+                    loader.set_shard(distributed.rank(), distributed.world_size())
+                if evaluate is not None:
+                    record.update({f"avg_{k}": v for k, v in evaluate(averaged.module).items()})
         record["seconds"] = time.time() - started
         history.append(record)
-        if not in_notebook():
+        if distributed.is_main() and not in_notebook():
             print(_summary(desc, epoch + 1, epochs, record), flush=True)
         saved.save(model, opt, averaged, history)
     passes.remove()
     if averaged is not None and int(averaged.n_averaged) > 0 and len(history) == epochs:
         averaging_source(model, averaging).load_state_dict(averaged.module.state_dict())
-    if in_notebook() and history:
+    if distributed.is_main() and in_notebook() and history:
         show_log(training_summary(desc, history),
                  [_summary(desc, r["epoch"], epochs, r) for r in history])
     return history
+
+
+def mean_over_ranks(statistics: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each of a trainer's epoch statistics (means over its rank's images) averaged over the ranks:
+    the ranks see equally many images, so this is the mean over all of them."""
+    if not statistics or distributed.world_size() == 1:
+        return statistics
+    values = torch.tensor(list(statistics.values()), dtype=torch.float64, device=device)
+    return dict(zip(statistics, (distributed.sum_over_ranks(values) / distributed.world_size()).tolist()))
 
 
 def training_summary(desc: str, history: list[dict[str, Any]]) -> str:

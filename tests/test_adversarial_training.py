@@ -880,7 +880,7 @@ def test_an_adversarially_trained_model_starts_from_the_same_weights_whatever_ra
     run = config.setup("quick", device="cpu", quiet=True)
     started = []
     monkeypatch.setattr(recipes.adversarial_training.cache, "load_or_train",
-                        lambda kind, settings, model, train: (started.append(model), (model, []))[1])
+                        lambda kind, settings, model, train, launch=None: (started.append(model), (model, []))[1])
     for draws in (0, 1000):
         torch.rand(draws)
         recipes.adversarially_trained(run, method)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import attacks
+from .. import attacks, distributed
 from ..attacks.primitives import in_mode, iterate_sign_steps, project_linf
 from ..training import Hooks, cross_entropy_loss
 from . import DEFENSES
@@ -65,18 +65,23 @@ def gaussian_start(x: torch.Tensor, eps: float, generator: torch.Generator) -> t
 # Keeps the attacks' random starts off the stream that TensorLoader seeds from (seed, epoch) for
 # shuffling and augmentation.
 ATTACK_STREAM = 500_009
+# Each rank of a distributed run (advlib.distributed) draws its random starts from a stream of its
+# own; rank 0's is the single process's.
+RANK_STREAM = 100_003
 
 
 class EpochSeeded(Hooks):
-    """A private generator reseeded at the start of every epoch from ``(seed, epoch)``: a run resumed
-    after epoch k draws the same random starts as an uninterrupted one."""
+    """A private generator reseeded at the start of every epoch from ``(seed, epoch)`` (and the rank,
+    in a distributed run): a run resumed after epoch k draws the same random starts as an
+    uninterrupted one."""
 
     def __init__(self, seed: int) -> None:
         self.seed, self._epoch, self._generator = seed, None, None
 
     def generator(self, device: torch.device, epoch: int) -> torch.Generator:
         if self._epoch != epoch or self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch + ATTACK_STREAM)
+            stream = self.seed * 1_000_003 + epoch + ATTACK_STREAM + RANK_STREAM * distributed.rank()
+            self._generator = torch.Generator(device=device).manual_seed(stream)
             self._epoch = epoch
         return self._generator
 

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..training import Hooks
 from . import DEFENSES
 from .adversarial_training import EpochSeeded, trades_adversarial, trades_loss
@@ -72,6 +73,8 @@ class AdversarialWeightPerturbation(Hooks):
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
             present = {name: g.float() for name, g in zip(weights, gradients) if g is not None}
+            # in a distributed run, the whole batch's gradient (the ranks' mean), as on one process
+            present = dict(zip(present, distributed.average_over_ranks(list(present.values()))))
             v = weight_perturbation({name: weights[name].detach().float() for name in present}, present, self.gamma)
             for name, delta in v.items():
                 weights[name].add_(delta.to(weights[name].dtype))

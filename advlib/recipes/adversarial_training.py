@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import attacks, cache, defenses, papers
+from .. import attacks, cache, defenses, distributed, papers
 from ..config import Run
 from ..evaluation import accuracy, reporting, robustness_outcomes
 from ..training import fit
@@ -123,9 +123,10 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
 
         return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
                    schedule=config["schedule"], loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate,
-                   desc=method, averaging=averaging)
+                   desc=method, averaging=averaging, sync_batchnorm=run.sync_batchnorm)
 
-    model, history = cache.load_or_train(f"at-{method}", config, model, train)
+    model, history = cache.load_or_train(f"at-{method}", config, model, train,
+                                         launch=distributed.launcher(run, "at", method))
     return model.eval(), history
 
 

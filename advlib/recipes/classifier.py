@@ -5,7 +5,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import cache
+from .. import cache, distributed
 from ..config import Run
 from ..evaluation import accuracy
 from ..training import fit
@@ -27,7 +27,8 @@ def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
         loader, x_val, y_val = training_data(run, config)
         return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
                    schedule=config["schedule"], checkpoint=checkpoint, desc=config["arch"],
-                   evaluate=lambda m: {"val_acc": accuracy(m, x_val, y_val)})
+                   evaluate=lambda m: {"val_acc": accuracy(m, x_val, y_val)}, sync_batchnorm=run.sync_batchnorm)
 
-    model, history = cache.load_or_train("classifier", config, model, train)
+    model, history = cache.load_or_train("classifier", config, model, train,
+                                         launch=distributed.launcher(run, "classifier"))
     return model.eval(), history

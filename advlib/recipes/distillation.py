@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import attacks, cache, defenses, paths
+from .. import attacks, cache, defenses, distributed, paths
 from ..config import Run, prepare_model
 from ..evaluation import reporting, robustness_outcomes
 from ..training import fit
@@ -126,10 +126,11 @@ def distilled_student(run: Run, method: str, seed: int | None = None) -> tuple[n
         val_attack = attacks.build("pgd", steps=10, **spec["eval_attack"], seed=run.seed)
         return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"],
                    schedule=config["schedule"], loss_fn=distillation_trainer(run, method, teacher, student_seed),
-                   checkpoint=checkpoint, desc=method, averaging=config["averaging"],
+                   checkpoint=checkpoint, desc=method, averaging=config["averaging"], sync_batchnorm=run.sync_batchnorm,
                    evaluate=lambda student: held_out_robustness(student, x_val, y_val, val_attack, teacher))
 
-    model, history = cache.load_or_train(f"distilled-{method}", config, model, train)
+    launch = distributed.launcher(run, "distilled", method, *([] if seed is None else [seed]))
+    model, history = cache.load_or_train(f"distilled-{method}", config, model, train, launch=launch)
     return model.eval(), history
 
 

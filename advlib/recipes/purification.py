@@ -2,12 +2,13 @@
 training pairs, the NT and AT teachers, the distilled students — and the paper's gray-box tables."""
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from .. import attacks, cache, data, defenses, papers
+from .. import attacks, cache, data, defenses, distributed, papers
 from ..attacks.primitives import project_linf
 from ..config import PURIFICATION_ATTACKS, Run
 from ..evaluation import Purified, accuracy, gray_box, predict
@@ -55,9 +56,11 @@ def _purifier_config(run: Run, role: str, extra: dict[str, Any], epochs: int,
 
 
 def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Callable[[], Any], epochs: int,
-              architecture: dict[str, Any] | None = None) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Load or train one autoencoder on the adversarial pairs with the loss ``loss_fn_factory()``;
-    ``architecture`` overrides the profile's autoencoder settings (e.g. ``skips=False``)."""
+              launch: Callable[[], None] | None, architecture: dict[str, Any] | None = None
+              ) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Load or train one autoencoder on the adversarial pairs with the loss ``loss_fn_factory()``
+    (or have ``launch`` train it on several GPUs); ``architecture`` overrides the profile's
+    autoencoder settings (e.g. ``skips=False``)."""
     config = _purifier_config(run, role, extra, epochs, architecture)
     model = network(run, "purifier", seed=run.seed, **(architecture or {}))
 
@@ -81,9 +84,10 @@ def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Calla
                     "train_acc_adv": accuracy(defended, x_seen_adv, y_seen)}
 
         return fit(model, loader, epochs=epochs, optimizer=config["optimizer"], schedule=config["schedule"],
-                   loss_fn=loss_fn_factory(), checkpoint=checkpoint, evaluate=evaluate, desc=role)
+                   loss_fn=loss_fn_factory(), checkpoint=checkpoint, evaluate=evaluate, desc=role,
+                   sync_batchnorm=run.sync_batchnorm)
 
-    model, history = cache.load_or_train(f"purifier-{role}", config, model, train)
+    model, history = cache.load_or_train(f"purifier-{role}", config, model, train, launch=launch)
     return model.eval(), history
 
 
@@ -98,7 +102,9 @@ def purifier_teacher(run: Run, kind: str, **architecture: Any) -> tuple[nn.Modul
         factory = lambda: defenses.build("purifier-nt")  # noqa: E731
     else:
         factory = lambda: defenses.build("purifier-at", classifier=classifier(run)[0])  # noqa: E731
-    return _purifier(run, f"teacher-{kind}", {}, factory, spec["teacher_epochs"], architecture)
+    settings = (f"{key}={json.dumps(value)}" for key, value in architecture.items())
+    launch = distributed.launcher(run, "purifier-teacher", kind, *settings)
+    return _purifier(run, f"teacher-{kind}", {}, factory, spec["teacher_epochs"], launch, architecture)
 
 
 def purifier_student_loss(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> Any:
@@ -129,7 +135,8 @@ def purifier_student(run: Run, teachers: tuple[str, ...] = ("at", "nt")) -> tupl
     uses both, the ablation (Table 2) one at a time."""
     spec = run.config["purification"]
     return _purifier(run, "student-" + "-".join(sorted(teachers)), _student_extra(run, teachers),
-                     lambda: purifier_student_loss(run, teachers), spec["student_epochs"])
+                     lambda: purifier_student_loss(run, teachers), spec["student_epochs"],
+                     distributed.launcher(run, "purifier-student", *sorted(teachers)))
 
 
 def _student_extra(run: Run, teachers: tuple[str, ...]) -> dict[str, Any]:
