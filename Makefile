@@ -10,11 +10,13 @@ STAMP := $(VENV)/.advlib-installed
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-# `make book PROFILE=paper CHAPTERS="06 08 09" TIMEOUT=7200`: chapters to execute (default all) and
-# seconds per cell (default 1800 in the quick profile, none in the paper profile).
+# `make book PROFILE=paper CHAPTERS="06 08 09" TIMEOUT=7200 GPUS=4`: chapters to execute (default all),
+# seconds per cell (default 1800 in the quick profile, none in the paper profile) and GPUs to train
+# each missing model on (default 1; more launch torchrun, see the README).
 CHAPTERS ?=
 TIMEOUT ?=
-BOOK_OPTIONS := $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+GPUS ?=
+BOOK_OPTIONS := $(if $(CHAPTERS),--chapters $(CHAPTERS)) $(if $(TIMEOUT),--timeout $(TIMEOUT)) $(if $(GPUS),--gpus $(GPUS))
 
 .PHONY: book test data lab clean setup paper-smoke check-pages mutation
 

@@ -6,7 +6,8 @@ renders that copy into ``_build/html``. The build fails if a notebook raised, or
 was left unexecuted.
 
 ``--chapters 06 08`` executes only those chapters (earlier executed chapters stay in the stage; the
-HTML is built once every chapter is there), so several GPUs can each take chapters. The quick
+HTML is built once every chapter is there), so several GPUs can each take chapters; ``--gpus N``
+instead trains each missing model on N GPUs at once (torchrun, :mod:`advlib.distributed`). The quick
 profile gives each cell ``--timeout`` seconds (30 minutes by default); the paper profile, whose
 trainings take hours to days per cell, has no cell timeout unless one is asked for.
 
@@ -203,6 +204,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=None,
                         help=f"seconds allowed per cell (default: {QUICK_TIMEOUT} in the quick profile, none otherwise)")
     parser.add_argument("--chapters", nargs="*", help="execute only these chapters, e.g. 06 08")
+    parser.add_argument("--gpus", type=int, default=1, help="train what is not cached on this many GPUs, each "
+                        "model by one torchrun group (the notebooks' gpus parameter)")
     parser.add_argument("--set-repository", metavar="URL", help="name the book's repository (_config.yml and the "
                         "notebooks' install cells) and exit")
     parser.add_argument("--branch", default="main", help="the branch for --set-repository")
@@ -221,6 +224,8 @@ def main() -> None:
     parameters: dict = {"profile": args.profile}
     if args.smoke:
         parameters = {"profile": "paper", "smoke": True}
+    if args.gpus != 1:
+        parameters["gpus"] = args.gpus
         stage = prepare_smoke_home() / "notebooks"
     else:
         stage = ROOT / "_build" / "book"

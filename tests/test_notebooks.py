@@ -48,10 +48,12 @@ def test_first_code_cell_is_the_only_parameters_cell(path):
     code = [c for c in notebook.cells if c.cell_type == "code"]
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and tagged[0] is code[0]
-    for name in ("profile", "dataset", "device", "seed", "smoke"):
+    for name in ("profile", "dataset", "device", "seed", "smoke", "gpus"):
         assert f"{name} =" in tagged[0].source
     assert 'profile = "quick"' in tagged[0].source and "smoke = False" in tagged[0].source
-    assert "smoke=smoke" in code[1].source, "the set-up cell passes every parameter to advlib.setup"
+    assert "gpus = 1" in tagged[0].source
+    for name in ("smoke", "gpus"):
+        assert f"{name}={name}" in code[1].source, "the set-up cell passes every parameter to advlib.setup"
     assert "run.finish()" in code[-1].source
 
 
