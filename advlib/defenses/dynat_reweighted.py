@@ -18,7 +18,7 @@ from torch import nn
 from ..attacks.primitives import in_mode, uniform_start
 from . import DEFENSES
 from .dynat import DYNAT, dynamic_labels, guide_loss
-from .gairat import gairat_weights, pgd_with_least_steps
+from .gairat import check_gairat_lambda, gairat_weights, pgd_with_least_steps
 from .mail import check_mail_settings, mail_weights, probabilistic_margin
 
 
@@ -47,8 +47,7 @@ class DYNATInnerGAIRAT(DYNAT):
                  target_clean_pass: bool = True, seed: int = 0) -> None:
         if not 0 <= label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if lam != lam:
-            raise ValueError("GAIRAT's lambda must be a number (math.inf gives unweighted DYNAT)")
+        check_gairat_lambda(lam)
         super().__init__(eps, alpha, steps, bn_mode=bn_mode, target_clean_pass=target_clean_pass, seed=seed)
         self.lam, self.reweight_from_epoch, self.label_smoothing = lam, reweight_from_epoch, label_smoothing
 
@@ -83,6 +82,8 @@ class DYNATMAIL(DYNAT):
 
     def outer_loss(self, guide_logits: torch.Tensor, target_logits_adv: torch.Tensor, y: torch.Tensor,
                    attack_record: torch.Tensor | None, epoch: int) -> torch.Tensor:
-        margins = probabilistic_margin(target_logits_adv, dynamic_labels(guide_logits))
-        weights = (mail_weights(margins, self.gamma, self.bias) if epoch + 1 >= self.reweight_from_epoch else None)
+        weights = None
+        if epoch + 1 >= self.reweight_from_epoch:
+            margins = probabilistic_margin(target_logits_adv, dynamic_labels(guide_logits))
+            weights = mail_weights(margins, self.gamma, self.bias)
         return reweighted_dynat_loss(guide_logits, target_logits_adv, y, weights)

@@ -59,6 +59,12 @@ def gairat_loss(logits_adv: torch.Tensor, labels: torch.Tensor, weights: torch.T
     return (weights.detach() * F.cross_entropy(logits_adv.float(), labels, reduction="none")).mean()
 
 
+def check_gairat_lambda(lam: float) -> None:
+    """λ shifts the sigmoid of :func:`gairat_weights`; NaN would make every weight NaN."""
+    if math.isnan(lam):
+        raise ValueError("GAIRAT's lambda must be a number (math.inf weighs every example alike)")
+
+
 @DEFENSES.register("gairat")
 class GAIRAT(EpochSeeded):
     """GAIRAT (Zhang et al. 2021, Algorithm 1): x' and κ by :func:`pgd_with_least_steps` from a uniform
@@ -68,8 +74,7 @@ class GAIRAT(EpochSeeded):
 
     def __init__(self, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, lam: float = -1.0,
                  reweight_from_epoch: int = 60, bn_mode: str = "eval", seed: int = 0) -> None:
-        if math.isnan(lam):
-            raise ValueError("GAIRAT's lambda must be a number (math.inf gives plain PGD-AT)")
+        check_gairat_lambda(lam)
         super().__init__(seed)
         self.eps, self.alpha, self.steps, self.lam, self.bn_mode = eps, alpha, steps, lam, bn_mode
         self.reweight_from_epoch = reweight_from_epoch
