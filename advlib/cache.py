@@ -139,7 +139,7 @@ def _announce_load(kind: str, path: Path) -> None:
     if path not in _ANNOUNCED:
         _ANNOUNCED.add(path)
         if not _quiet:
-            print(f"loaded {kind} from the cache ({_name(path)})")
+            print(f"loaded {kind} from the cache ({shown_name(path)})")
 
 
 @contextlib.contextmanager
@@ -154,7 +154,7 @@ def quietly() -> Iterator[None]:
         _quiet = before
 
 
-def _name(path: Path) -> str:
+def shown_name(path: Path) -> str:
     """How the cache names a file in what it prints: relative to advlib's home, never an absolute
     path of the machine (the printout ends up in the rendered book)."""
     try:
@@ -177,7 +177,7 @@ def load_readable(path: Path, device: torch.device | str, required: tuple[str, .
     except Exception as error:  # a truncated zip, a bad pickle, a foreign file: all mean "recompute"
         aside = path.with_name(f"{path.stem}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}.pt")
         os.replace(path, aside)
-        print(f"cache: {_name(path)} could not be read ({type(error).__name__}: {error}); "
+        print(f"cache: {shown_name(path)} could not be read ({type(error).__name__}: {error}); "
               f"moved it to {aside.name} and computing it again", flush=True)
         return None
 
@@ -188,7 +188,7 @@ def _locked(path: Path) -> contextlib.AbstractContextManager:
     return FileLock(path.with_suffix(".lock")) if distributed.is_main() else contextlib.nullcontext()
 
 
-def _load_agreed(path: Path, device: torch.device | str, required: tuple[str, ...] = ()) -> Any | None:
+def load_agreed(path: Path, device: torch.device | str, required: tuple[str, ...] = ()) -> Any | None:
     """:func:`load_readable` on rank 0; the other ranks of a distributed run load the file only where
     rank 0 found it, so that all of them go on to load, or all to compute."""
     state = load_readable(path, device, required) if distributed.is_main() else None
@@ -197,24 +197,35 @@ def _load_agreed(path: Path, device: torch.device | str, required: tuple[str, ..
     return state if state is not None else load(path, device)
 
 
+def _written_by_rank_0(path: Path, device: torch.device | str) -> Any | None:
+    """On the other ranks of a distributed run, what rank 0 has just written to ``path`` (their own
+    results differ: BatchNorm statistics and random starts are per rank), so that a model trained on
+    the way to another (a teacher, a classifier) is the cached one on every rank; None on rank 0 and
+    on a single process, which keep their own."""
+    if not distributed.active():
+        return None
+    distributed.barrier()
+    return None if distributed.is_main() else load(path, device)
+
+
 def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]],
                     root: Path | None = None, verbose: bool = True) -> dict[str, torch.Tensor]:
     """Tensors cached under ``config`` (e.g. a precomputed adversarial training set, a results row)."""
     path = artifact_path(kind, config, root)
     verbose = verbose and distributed.is_main()
     with _locked(path):
-        tensors = _load_agreed(path, "cpu")
+        tensors = load_agreed(path, "cpu")
         if tensors is not None:
             if verbose:
                 _announce_load(kind, path)
             return tensors
         if verbose:
-            print(f"computing {kind} (to be cached as {_name(path)})")
+            print(f"computing {kind} (to be cached as {shown_name(path)})")
             _ANNOUNCED.add(path)  # said once: a later load in this process needs no "loaded" line
         tensors = compute()
         if distributed.is_main():
             atomic_save(tensors, path)
-        return tensors
+        return _written_by_rank_0(path, "cpu") or tensors
 
 
 def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
@@ -232,9 +243,12 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
     path = artifact_path(kind, config, root)
     if launch is not None and not path.is_file():
         launch()
+        if not path.is_file():
+            raise RuntimeError(f"torchrun finished without writing {kind} to {shown_name(path)}: its processes "
+                               "see another advlib home (ADVLIB_HOME) or another configuration")
     verbose = verbose and distributed.is_main()
     with _locked(path):
-        state = _load_agreed(path, next(model.parameters()).device, required=("model", "history"))
+        state = load_agreed(path, next(model.parameters()).device, required=("model", "history"))
         if state is not None:
             model.load_state_dict(state["model"])
             if verbose:
@@ -243,11 +257,15 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
         checkpoint = path.with_suffix(".partial.pt")
         if verbose:
             resuming = ", resuming from its last finished epoch" if checkpoint.is_file() else ""
-            print(f"training {kind}{resuming} (to be cached as {_name(path)})")
+            print(f"training {kind}{resuming} (to be cached as {shown_name(path)})")
             _ANNOUNCED.add(path)
         history = train(model, checkpoint)
         if distributed.is_main():
             atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)
             atomic_write_json(config, path.with_suffix(".json"), sort_keys=True)
             checkpoint.unlink(missing_ok=True)
+        state = _written_by_rank_0(path, next(model.parameters()).device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            history = state["history"]
         return model, history

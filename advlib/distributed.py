@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import inspect
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -123,7 +125,7 @@ def data_parallel(model: nn.Module, loss_fn: Callable[..., Any], sync_batchnorm:
                   ) -> Callable[..., Any]:
     """The step ``(x, y, epoch, *paired) -> (loss, logits)`` for this rank: ``loss_fn`` on ``model``
     wrapped in DistributedDataParallel, which starts every rank from rank 0's weights and averages
-    the gradients. BatchNorm keeps statistics per rank (``forward_sync_buffers=False``) unless
+    the gradients. BatchNorm keeps statistics per rank unless
     ``sync_batchnorm``, which computes them over the whole batch (CUDA only, as PyTorch's
     SyncBatchNorm is). On one process, ``loss_fn`` on ``model`` itself."""
     if not active():
@@ -139,7 +141,14 @@ def data_parallel(model: nn.Module, loss_fn: Callable[..., Any], sync_batchnorm:
         nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return nn.parallel.DistributedDataParallel(
         TrainingStep(model, loss_fn), device_ids=[device.index] if device.type == "cuda" else None,
-        forward_sync_buffers=False)
+        **_per_rank_buffers())
+
+
+def _per_rank_buffers() -> dict[str, bool]:
+    """DDP's option that leaves BatchNorm's statistics per rank: ``forward_sync_buffers`` from torch
+    2.13 (where ``broadcast_buffers`` is deprecated), ``broadcast_buffers`` before."""
+    parameters = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers": False}
 
 
 def launcher(run: Any, recipe: str, *arguments: Any) -> Callable[[], None] | None:
@@ -160,25 +169,58 @@ def torchrun_command(gpus: int, recipe: str, arguments: tuple[Any, ...], run_fil
 def train_with_torchrun(run: Any, recipe: str, *arguments: Any) -> None:
     """Train ``recipe`` in ``run.gpus`` processes started by ``torchrun`` (which write it to the
     cache) and wait for them. The run's whole configuration travels in a file, so the processes
-    train exactly what this one would have; their output is shown as one line with the log
-    collapsed, and a failure raises with the end of that log."""
+    train exactly what this one would have. Their output goes to a log file in the cache folder
+    (named at the start, shown collapsed at the end); a failure raises with the failing rank's
+    traceback, and an interrupt (Jupyter's stop button) stops every process of the group."""
+    from .cache import shown_name
     from .config import show_log
+    from .paths import cache_dir
 
-    started = time.time()
-    with tempfile.TemporaryDirectory(prefix="advlib-run-") as folder:
-        run_file = Path(folder) / "run.json"
-        run_file.write_text(json.dumps(run_description(run)))
-        command = torchrun_command(run.gpus, recipe, arguments, run_file)
-        finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = (finished.stdout + finished.stderr).splitlines()
     name = " ".join([recipe, *map(str, arguments)])
     ranks = f"{run.gpus} {'GPUs' if run.device.type == 'cuda' else 'CPU processes'}"
-    if finished.returncode != 0:
-        tail = "\n".join(lines[-40:])
-        raise RuntimeError(f"training {name} on {ranks} with torchrun failed (exit code "
-                           f"{finished.returncode}); the end of its log:\n{tail}")
+    log = cache_dir() / "logs" / f"torchrun-{'-'.join(name.split())}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"training {name} on {ranks} with torchrun (log: {shown_name(log)})", flush=True)
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="advlib-run-") as folder, open(log, "w") as output:
+        run_file = Path(folder) / "run.json"
+        run_file.write_text(json.dumps(run_description(run)))
+        group = subprocess.Popen(torchrun_command(run.gpus, recipe, arguments, run_file), stdout=output,
+                                 stderr=subprocess.STDOUT, start_new_session=True,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1", "ADVLIB_PROGRESS": "0"})
+        try:
+            returncode = group.wait()
+        except BaseException:
+            stop_group(group)
+            raise
+    lines = log.read_text().splitlines()
+    if returncode != 0:
+        raise RuntimeError(f"training {name} on {ranks} with torchrun failed (exit code {returncode}); "
+                           f"from its log ({shown_name(log)}):\n" + "\n".join(failure_excerpt(lines)))
     show_log(f"trained {name} on {ranks} with torchrun in {time.time() - started:.0f} s", lines,
              title="torchrun log")
+
+
+def stop_group(group: subprocess.Popen, grace_seconds: float = 30) -> None:
+    """Stop torchrun and its ranks (one process group): SIGTERM, which torchrun passes on to the
+    ranks, then SIGKILL after ``grace_seconds``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group.pid, sig)
+            group.wait(timeout=grace_seconds)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def failure_excerpt(lines: list[str], length: int = 40) -> list[str]:
+    """The first traceback in a torchrun log (the rank that failed first), else the log's end."""
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            return lines[i:i + length]
+    return lines[-length:]
 
 
 def run_description(run: Any) -> dict[str, Any]:

@@ -16,7 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from . import distributed, recipes
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from . import data, distributed, recipes
 from .config import Run, seed_everything, setup
 
 RECIPES: dict[str, Callable[..., Any]] = {
@@ -44,16 +47,28 @@ def split_arguments(arguments: list[str]) -> tuple[list[str], dict[str, Any]]:
     return positional, keywords
 
 
-def run_from_description(description: dict[str, Any], device: Any) -> Run:
+def run_from_description(description: dict[str, Any], device: torch.device) -> Run:
     """The :class:`~advlib.config.Run` that :func:`advlib.distributed.run_description` described, on
-    ``device`` (this rank's)."""
+    ``device`` (this rank's), with the process set up as :func:`~advlib.config.setup` sets it up."""
     run = Run(description["profile"], description["dataset"], device, int(description["seed"]),
               description["config"], bool(description["smoke"]), distributed.world_size(),
               bool(description.get("sync_batchnorm", False)))
     seed_everything(run.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     return run
 
 
+def datasets_on_disk(run: Run) -> None:
+    """Rank 0 loads (on a fresh machine: downloads) the run's dataset before the other ranks read it,
+    so that no two ranks download into the same folder."""
+    if distributed.is_main():
+        for split in ("train", "test"):
+            data.load(run.dataset, split)
+    distributed.barrier()
+
+
+@record
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m advlib.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", choices=sorted(RECIPES))
@@ -61,22 +76,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="quick", choices=["quick", "paper"])
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cuda or cpu; under torchrun each rank takes "
+                        "GPU LOCAL_RANK (set CUDA_VISIBLE_DEVICES to choose which)")
     parser.add_argument("--smoke", action="store_true", help="the paper profile cut to CI size")
     parser.add_argument("--sync-batchnorm", action="store_true",
                         help="BatchNorm statistics over all ranks' images (CUDA only)")
     parser.add_argument("--run-file", type=Path, help="the whole run, as a notebook with gpus > 1 writes it "
                         "(replaces --profile, --dataset, --seed and --smoke)")
     args = parser.parse_args(argv)
-    device = distributed.init_from_environment(args.device)
+    description = json.loads(args.run_file.read_text()) if args.run_file is not None else None
+    device = distributed.init_from_environment(description["device"] if description else args.device)
     try:
-        if args.run_file is not None:
-            run = run_from_description(json.loads(args.run_file.read_text()), device)
+        if description is not None:
+            run = run_from_description(description, device)
         else:
             run = setup(args.profile, args.dataset, args.device, args.seed, smoke=args.smoke,
                         quiet=not distributed.is_main())
             run.device, run.gpus, run.sync_batchnorm = device, distributed.world_size(), args.sync_batchnorm
         positional, keywords = split_arguments(args.arguments)
+        datasets_on_disk(run)
         RECIPES[args.recipe](run, *positional, **keywords)
         distributed.barrier()
     finally:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 
 from . import distributed
-from .cache import atomic_save, load_readable
+from .cache import atomic_save, load_agreed
 from .config import autocast, in_notebook, iterate, show_log
 from .data import TensorLoader
 
@@ -157,8 +157,8 @@ class Checkpoint:
                 ) -> list[dict[str, Any]]:
         """Load the saved state into the given objects; the history of the finished epochs (empty
         when there is nothing to resume)."""
-        state = None if self.path is None else load_readable(self.path, next(model.parameters()).device,
-                                                             required=("model", "optimizer", "history"))
+        state = None if self.path is None else load_agreed(self.path, next(model.parameters()).device,
+                                                           required=("model", "optimizer", "history"))
         if state is None:
             return []
         model.load_state_dict(state["model"])
@@ -291,12 +291,17 @@ def fit(model: nn.Module, loader: TensorLoader, *, epochs: int, optimizer: dict[
 
 
 def mean_over_ranks(statistics: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each of a trainer's epoch statistics (means over its rank's images) averaged over the ranks:
-    the ranks see equally many images, so this is the mean over all of them."""
+    """Each of a trainer's epoch statistics averaged over the ranks that measured it (a rank reports
+    nan where it had nothing to count). A mean over each rank's images, such as DYNAT's label
+    agreement, becomes the mean over all of them, since the ranks see equally many; a ratio whose
+    denominator varies by rank (SAAD's transfer rate among the examples that fooled the student) is
+    approximated by the mean of the ranks' ratios."""
     if not statistics or distributed.world_size() == 1:
         return statistics
     values = torch.tensor(list(statistics.values()), dtype=torch.float64, device=device)
-    return dict(zip(statistics, (distributed.sum_over_ranks(values) / distributed.world_size()).tolist()))
+    measured = ~values.isnan()
+    totals = distributed.sum_over_ranks(torch.stack([values.nan_to_num(), measured.double()]))
+    return dict(zip(statistics, (totals[0] / totals[1]).tolist()))
 
 
 def training_summary(desc: str, history: list[dict[str, Any]]) -> str:

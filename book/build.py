@@ -197,6 +197,15 @@ def prepare_smoke_home() -> Path:
     return home
 
 
+def notebook_parameters(profile: str, smoke: bool, gpus: int) -> dict:
+    """What papermill gives every notebook's parameters cell: the profile (the paper profile for the
+    smoke run, with ``smoke``) and, where more than one, the GPUs to train on."""
+    parameters: dict = {"profile": "paper", "smoke": True} if smoke else {"profile": profile}
+    if gpus != 1:
+        parameters["gpus"] = gpus
+    return parameters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="quick", choices=["quick", "paper"])
@@ -221,14 +230,8 @@ def main() -> None:
                          "python book/build.py --set-repository URL --branch BRANCH")
 
     os.environ["ADVLIB_PROGRESS"] = "0"  # progress bars are noise in a rendered page
-    parameters: dict = {"profile": args.profile}
-    if args.smoke:
-        parameters = {"profile": "paper", "smoke": True}
-    if args.gpus != 1:
-        parameters["gpus"] = args.gpus
-        stage = prepare_smoke_home() / "notebooks"
-    else:
-        stage = ROOT / "_build" / "book"
+    parameters = notebook_parameters(args.profile, args.smoke, args.gpus)
+    stage = prepare_smoke_home() / "notebooks" if args.smoke else ROOT / "_build" / "book"
     timeout = args.timeout if args.timeout is not None else (QUICK_TIMEOUT if args.profile == "quick" and not
                                                               args.smoke else None)
     chosen = select(notebooks, args.chapters)

@@ -20,9 +20,11 @@ from advlib.training import Hooks, fit
 
 # name -> (registered trainer, its options, weight averaging). ε = 0 makes every attack return the
 # clean images, so the result does not depend on the random starts (each rank draws its own) and two
-# ranks can be compared with one process exactly.
+# ranks can be compared with one process exactly; "batchnorm" trains a network with BatchNorm, whose
+# statistics differ by rank.
 TRAINERS = {
     "standard": ("standard", {}, None),
+    "batchnorm": ("standard", {}, None),
     "swa": ("standard", {}, {"kind": "swa", "start": 0.3}),
     "trades_awp": ("trades_awp", {"eps": 0.0, "alpha": 0.0, "steps": 1, "awp_gamma": 0.01, "awp_from_epoch": 1},
                    None),
@@ -30,9 +32,10 @@ TRAINERS = {
 }
 
 
-def tiny_network(seed: int) -> nn.Module:
+def tiny_network(seed: int, batchnorm: bool = False) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4) if batchnorm else nn.Identity(), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 8 * 8, 4))
 
 
 def training_set() -> data.ImageSet:
@@ -63,12 +66,13 @@ class Slow(Hooks):
 def train(name: str, root: Path, epochs: int = 3, slow: bool = False, device: str = "cpu") -> None:
     """Train the tiny network (DYNAT: a guide and a target) as ``name`` of :data:`TRAINERS` says,
     through the cache, and write how many images this rank trained on to
-    ``root/name/images-rank<rank>``."""
+    ``root/name/images-rank<rank>`` and the sum of the weights it ended with to
+    ``root/name/weights-rank<rank>``."""
     trainer, options, averaging = TRAINERS[name]
     if trainer == "dynat":
         model: nn.Module = defenses.dynat.GuideAndTarget(tiny_network(1), tiny_network(2))
     else:
-        model = tiny_network(1)
+        model = tiny_network(1, batchnorm=name == "batchnorm")
     loss_fn = CountingImages(defenses.build(trainer, **options, seed=0))
     loader = data.TensorLoader(training_set(), 16, shuffle=True, augment=True, drop_last=True, device=device, seed=0)
 
@@ -81,6 +85,8 @@ def train(name: str, root: Path, epochs: int = 3, slow: bool = False, device: st
     cache.load_or_train("test-distributed", {"trainer": name, "epochs": epochs}, model, train_model,
                         root=root / name, verbose=False)
     (root / name / f"images-rank{distributed.rank()}").write_text(str(loss_fn.images))
+    total = sum(float(value.double().sum()) for value in model.state_dict().values())
+    (root / name / f"weights-rank{distributed.rank()}").write_text(repr(total))
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def trained(root: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-TRAINERS = tuple(distributed_worker.TRAINERS)
+TRAINERS = tuple(name for name in distributed_worker.TRAINERS if name != "batchnorm")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def two_ranks(tmp_path_factory) -> Path:
     """Every trainer of the worker trained by one torchrun group of two ranks (one group: each start
     of torchrun costs seconds)."""
     root = tmp_path_factory.mktemp("two-ranks")
-    finished(torchrun(2, str(root), *TRAINERS))
+    finished(torchrun(2, str(root), *distributed_worker.TRAINERS))
     return root
 
 
@@ -73,6 +73,14 @@ def test_two_ranks_train_what_one_process_trains(two_ranks, tmp_path, trainer):
         for key in ("train_loss", "train_acc", "label_agreement"):
             if key in single:
                 assert ranks[key] == pytest.approx(single[key], rel=1e-5), key
+
+
+def test_every_rank_ends_with_the_model_rank_0_wrote(two_ranks):
+    """With BatchNorm the ranks' running statistics differ; the cache reloads rank 0's artifact on the
+    others, so that a model trained on the way to another (a teacher) is the same on every rank."""
+    folder = two_ranks / "batchnorm"
+    artifact = sum(float(value.double().sum()) for value in trained(folder)["model"].values())
+    assert [float((folder / f"weights-rank{r}").read_text()) for r in (0, 1)] == [artifact, artifact]
 
 
 def test_a_killed_two_rank_run_resumes_from_rank_0s_checkpoint(tmp_path):
@@ -162,3 +170,24 @@ def test_the_entry_point_builds_the_run_from_its_options():
     a method it does not know (before anything is trained)."""
     with pytest.raises(ValueError, match="unknown method 'no_such_method'"):
         advlib.train.main(["at", "no_such_method", "--profile", "quick", "--device", "cpu"])
+
+
+def test_a_failing_group_reports_the_ranks_traceback():
+    run = advlib.setup("quick", device="cpu", gpus=2, quiet=True)
+    with pytest.raises(RuntimeError, match="(?s)failed.*Traceback.*unknown method 'no_such_method'"):
+        distributed.train_with_torchrun(run, "at", "no_such_method")
+
+
+def test_a_launch_that_writes_nothing_is_an_error(tmp_path):
+    with pytest.raises(RuntimeError, match="torchrun finished without writing"):
+        cache.load_or_train("test-launch", {"n": 1}, torch.nn.Linear(1, 1), lambda model, checkpoint: [],
+                            root=tmp_path, launch=lambda: None)
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_stopping_a_group_stops_all_its_processes():
+    group = subprocess.Popen(["bash", "-c", "sleep 60 & sleep 60; wait"], start_new_session=True)
+    distributed.stop_group(group, grace_seconds=5)
+    assert group.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group.pid, 0)

@@ -186,3 +186,12 @@ def test_executed_chapters_keep_no_widget_state(tmp_path):
     nbformat.write(notebook, path)
     build.prepare_for_the_book(path)
     assert "widgets" not in nbformat.read(path, as_version=4).metadata
+
+
+@pytest.mark.parametrize("profile, smoke, gpus, expected", [
+    ("quick", False, 1, {"profile": "quick"}),
+    ("paper", False, 4, {"profile": "paper", "gpus": 4}),
+    ("quick", True, 1, {"profile": "paper", "smoke": True}),
+    ("quick", True, 2, {"profile": "paper", "smoke": True, "gpus": 2})])
+def test_what_the_book_build_gives_every_parameters_cell(profile, smoke, gpus, expected):
+    assert _load_build_module().notebook_parameters(profile, smoke, gpus) == expected
