@@ -117,6 +117,9 @@ PROFILES: dict[str, dict[str, Any]] = {
             "evaluation": {"eval_subset": 1000, "autoattack_subset": 200, "cw_steps": 20, "cw_restarts": 1,
                            "autoattack_iterations": 25, "square_queries": 300,
                            "autoattack_targets": 3},
+            # Table 4's own columns (chapter 9): PGD-100 and APGD-CE with 100 iterations, at full
+            # length but on AutoAttack's 200 images only, to fit chapter 9's budget
+            "table4_evaluation": {"subset": 200, "pgd_steps": 100, "apgd_iterations": 100},
         },
         "distillation": {
             # Chapter 7: chapter 6's TRADES CNN (width 16) teaches a width-8 student on the same data
@@ -270,6 +273,10 @@ PROFILES: dict[str, dict[str, Any]] = {
             "evaluation": {"eval_subset": None, "autoattack_subset": 1000, "cw_steps": 20, "cw_restarts": 1,
                            "autoattack_iterations": 100, "square_queries": 5000,
                            "autoattack_targets": 9},
+            # Table 4's own columns, as MAIL's evaluation (whose settings Table 4 follows): PGD-100
+            # (ε 8/255, step 2/255, random start) and APGD on the cross-entropy (Croce & Hein 2020,
+            # 100 iterations, 1 restart), on every evaluation image
+            "table4_evaluation": {"subset": None, "pgd_steps": 100, "apgd_iterations": 100},
         },
         "distillation": {
             # Seed 001 and the authors' code (notes §2): ResNet-18 student (``mobilenetv2`` the other),
@@ -335,6 +342,7 @@ PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
     "adversarial_training.evaluation.eval_subset": 2, "adversarial_training.evaluation.autoattack_subset": 2,
     "adversarial_training.evaluation.cw_steps": 5, "adversarial_training.evaluation.autoattack_iterations": 5,
     "adversarial_training.evaluation.square_queries": 20,
+    "adversarial_training.table4_evaluation.pgd_steps": 3, "adversarial_training.table4_evaluation.apgd_iterations": 5,
     "distillation.train_subset": 4, "distillation.holdout": 2, "distillation.batch_size": 2,
     "distillation.epochs": 2,
     "distillation.evaluation.eval_subset": 2, "distillation.evaluation.autoattack_subset": 2,

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZE_SETTINGS = {"eval_subset", "cw_subset", "autoattack_subset", "epochs", "teacher_epochs", "student_epochs",
                  "train_subset", "holdout", "batch_size", "cw_steps", "cw_restarts", "autoattack_iterations",
                  "square_queries", "check_subset", "check_steps", "check_square_queries",
+                 "pgd_steps", "apgd_iterations",  # Table 4's evaluation attacks, as cw_steps
                  "steps"}  # the training attack's step count, a loop bound
 
 

@@ -83,6 +83,8 @@ def test_rows_keep_six_digits():
 def test_each_column_counts_its_own_images():
     assert reporting.count_key("PGD-20 (AA images)") == "aa_images" and reporting.count_key("AA") == "aa_images"
     assert reporting.count_key("transfer") == "transfer_images" and reporting.count_key("CW") == "images"
+    assert [reporting.count_key(c) for c in ("PGD-100", "APGD", "clean (Table 4 images)", "PGD-50")] == [
+        "table4_images", "table4_images", "table4_images", "images"]
     rows = [{"method": "a", "clean": 0.5, "images": 10}, {"method": "b", "clean": 0.5, "images": 12}]
     header, rule, *_ = reporting.results_table(rows, ["clean", "FGSM"]).splitlines()
     assert header == "| method | clean (n varies) | FGSM (n varies) |"

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from advlib import attacks as advlib_attacks
 from advlib import config, defenses, models, papers, recipes
 from advlib.attacks.primitives import uniform_start
 from advlib.defenses.dynat import GuideAndTarget
@@ -254,8 +255,8 @@ def test_rows_carry_the_papers_names_and_tables_hold_the_seeds_numbers():
 def test_paper_profile_results_quote_tables_3_and_4(tmp_path, monkeypatch):
     import json
     monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
-    monkeypatch.setattr(recipes.adversarial_training, "at_evaluation",
-                        lambda run, method: {"method": recipes.AT_METHODS[method].label, "clean": 0.5})
+    monkeypatch.setattr(recipes.adversarial_training, "reweighting_outcomes",
+                        lambda run, method: {"clean": torch.tensor([True, False])})
     run = config.setup("paper", device="cpu", quiet=True)
     rows = recipes.reweighting_table(run, save=True)
     assert [r["method"] for r in rows] == ["GAIRAT", "DYNAT-Inner-GAIRAT", "PGD-AT", "TRADES", "MART", "FAT", "AWP",
@@ -265,3 +266,41 @@ def test_paper_profile_results_quote_tables_3_and_4(tmp_path, monkeypatch):
     assert {r["source"] for r in quoted} == {"paper (Table 3)", "paper (Table 4)"}
     mail = next(r for r in quoted if r["method"] == "MAIL")
     assert mail["AA"] == pytest.approx(0.4422) and mail["source"] == "paper (Table 4)"
+
+
+def test_table_4s_own_columns_are_pgd_100_and_apgd_on_the_first_images(tmp_path, monkeypatch):
+    """table4_outcomes against the two attacks run by hand on the first ``subset`` images of a tiny
+    model: PGD with 100 steps and APGD-CE with 100 iterations, each on its own, robust only where
+    also clean; the rows of Table 4's methods carry both columns and their image count, Table 3's
+    alone do not; and the smoke run names its PGD column by the steps it takes."""
+    monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
+    run = config.setup("quick", device="cpu", quiet=True)
+    spec = run.config["adversarial_training"]
+    assert spec["table4_evaluation"] == {"subset": 200, "pgd_steps": 100, "apgd_iterations": 100}
+    assert recipes.table4_columns(run) == ["PGD-100", "APGD"]
+    assert recipes.table4_columns(config.setup("paper", device="cpu", smoke=True, quiet=True)) == ["PGD-3", "APGD"]
+    spec["table4_evaluation"]["subset"] = 12
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x, y = torch.rand(20, 1, 4, 4), torch.randint(0, 3, (20,))
+    monkeypatch.setattr(recipes.adversarial_training, "adversarially_trained", lambda run, method: (model, []))
+    monkeypatch.setattr(recipes.adversarial_training, "test_set", lambda run, subset: (x, y))
+    outcomes = recipes.table4_outcomes(run, "mail")
+    eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
+    first, labels = x[:12], y[:12]
+    clean = model(first).argmax(1) == labels
+    by_hand = {"PGD-100": advlib_attacks.build("pgd", eps=eps, alpha=alpha, steps=100, seed=run.seed),
+               "APGD": advlib_attacks.build("apgd-ce", eps=eps, n_iter=100, seed=run.seed)}
+    assert outcomes["clean (Table 4 images)"].tolist() == clean.tolist()
+    for column, attack in by_hand.items():
+        x_adv = attack(model, first, labels)
+        assert (x_adv - first).abs().max() <= eps + 1e-6
+        expected = clean & (model(x_adv).argmax(1) == labels)
+        assert outcomes[column].tolist() == expected.tolist(), column
+        assert not (outcomes[column] & ~clean).any(), "robust only where clean"
+    assert 0 < int(clean.sum()) and outcomes["PGD-100"].sum() < clean.sum(), "the attack must bite for the test to mean anything"
+    monkeypatch.setattr(recipes.adversarial_training, "at_outcomes",
+                        lambda run, method: {"clean": torch.ones(20, dtype=torch.bool)})
+    rows = {row["method"]: row for row in recipes.reweighting_table(run)}
+    assert rows["MAIL"]["table4_images"] == 12 and rows["MAIL"]["images"] == 20
+    assert "PGD-100" in rows["GAIRAT"] and "APGD" not in rows["DYNAT-Inner-GAIRAT"]

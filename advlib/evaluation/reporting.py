@@ -11,12 +11,17 @@ import torch
 from .statistics import mcnemar_exact, wilson_interval
 
 # which count key gives the n of a column (every other column: "images")
-COLUMN_COUNTS = {"AA": "aa_images", "transfer": "transfer_images"}
+COLUMN_COUNTS = {"AA": "aa_images", "transfer": "transfer_images", "PGD-100": "table4_images",
+                 "APGD": "table4_images"}
 
 
 def count_key(column: str) -> str:
     """The row key holding how many images ``column`` was measured on."""
-    return "aa_images" if column.endswith("(AA images)") else COLUMN_COUNTS.get(column, "images")
+    if column.endswith("(AA images)"):
+        return "aa_images"
+    if column.endswith("(Table 4 images)"):
+        return "table4_images"
+    return COLUMN_COUNTS.get(column, "images")
 
 
 def fraction_with_interval(outcome: torch.Tensor) -> tuple[float, list[float]]:
@@ -30,7 +35,8 @@ def outcome_row(outcomes: Mapping[str, torch.Tensor], label: str) -> dict[str, A
     """A results row from per-image outcomes (bool tensors, e.g. from
     :func:`~advlib.evaluation.protocols.robustness_outcomes`): ``method`` and ``source`` first, then
     each column's fraction (6 digits; nan on no images), its 95 % Wilson interval ``<column>_ci95``
-    and the number of images of each kind (``images``, ``aa_images``, ``transfer_images``)."""
+    and the number of images of each kind (``images``, ``aa_images``, ``transfer_images``,
+    ``table4_images``)."""
     row: dict[str, Any] = {"method": label, "source": "this run"}
     for column, outcome in outcomes.items():
         row[column], row[f"{column}_ci95"] = fraction_with_interval(outcome)
@@ -122,8 +128,8 @@ def percent(value: float | None, digits: int = 1) -> str:
 
 def column_count(rows: Sequence[Mapping[str, Any]], column: str) -> str:
     """How many images ``column`` was measured on (:func:`count_key`: AutoAttack and its PGD check on
-    ``aa_images``, the transfer rate on ``transfer_images``, every other column on ``images``);
-    "n varies" if the rows disagree."""
+    ``aa_images``, the transfer rate on ``transfer_images``, DYNAT's Table 4 columns on
+    ``table4_images``, every other column on ``images``); "n varies" if the rows disagree."""
     key = count_key(column)
     counts = {row.get(key) for row in rows if row.get(key) is not None}
     if not counts:

@@ -13,7 +13,8 @@ from .purification import (ABLATION, adversarial_pairs, gray_box_tables, purifie
 from .adversarial_training import (AT_COLUMNS, AT_METHODS, REWEIGHTING_METHODS, REWEIGHTING_ROWS,  # noqa: F401
                                    REWEIGHTING_TABLES,
                                    adversarial_training_config, adversarially_trained, at_evaluation, at_outcomes,
-                                   at_table, chapter_of, reweighting_table, save_at_dynat)
+                                   at_table, chapter_of, reweighting_outcomes, reweighting_table, save_at_dynat,
+                                   table4_columns, table4_outcomes)
 from .distillation import (DISTILLATION_COLUMNS, DISTILLATION_METHODS, DISTILLED, TEACHER_LABEL,  # noqa: F401
                            distillation_config, distillation_evaluation, distillation_outcomes, distillation_table,
                            distillation_teacher, distillation_teacher_config, distillation_trainer,

@@ -10,7 +10,7 @@ from torch import nn
 
 from .. import attacks, cache, defenses, distributed, papers
 from ..config import Run
-from ..evaluation import accuracy, reporting, robustness_outcomes
+from ..evaluation import accuracy, reporting, robust_accuracy, robustness_outcomes
 from ..training import fit
 from .common import Method, autoattack_examples, held_out_robustness, network, test_set, training_data
 
@@ -188,11 +188,54 @@ REWEIGHTING_TABLES: dict[str, tuple[dict[str, dict[str, float]], tuple[str, ...]
 REWEIGHTING_ROWS = tuple(dict.fromkeys(m for _, members in REWEIGHTING_TABLES.values() for m in members))
 
 
+def table4_columns(run: Run) -> list[str]:
+    """The columns that only DYNAT's Table 4 reports, as :func:`table4_outcomes` names them: PGD with
+    the profile's step count (PGD-100 outside the smoke run) and APGD."""
+    return [f"PGD-{run.config['adversarial_training']['table4_evaluation']['pgd_steps']}", "APGD"]
+
+
+def table4_outcomes(run: Run, method: str) -> dict[str, torch.Tensor]:
+    """Per test image, whether ``method`` classifies it correctly under the two attacks of DYNAT's
+    Table 4 that its Table 1 lacks, each on its own, as MAIL's evaluation runs them: PGD with
+    ``pgd_steps`` steps (Madry et al. 2018; the evaluation's ε and step, random start) and APGD on
+    the cross-entropy (Croce & Hein 2020, Algorithm 1; ``apgd_iterations`` iterations, 1 restart),
+    on the first ``subset`` of the evaluation's images (all where None; the table's header gives the
+    count). Cached like a trained model."""
+    spec = run.config["adversarial_training"]
+    settings, evaluation = spec["table4_evaluation"], spec["evaluation"]
+    config = {"model": adversarial_training_config(run, method), **settings,
+              "eval_subset": evaluation["eval_subset"], "eval_attack": spec["eval_attack"]}
+
+    def compute() -> dict[str, torch.Tensor]:
+        model, _ = adversarially_trained(run, method)
+        x, y = test_set(run, evaluation["eval_subset"])
+        n = min(settings["subset"] or len(x), len(x))
+        eps, alpha = spec["eval_attack"]["eps"], spec["eval_attack"]["alpha"]
+        pgd_column, apgd_column = table4_columns(run)
+        named = {pgd_column: attacks.build("pgd", eps=eps, alpha=alpha, steps=settings["pgd_steps"], seed=run.seed),
+                 apgd_column: attacks.build("apgd-ce", eps=eps, n_iter=settings["apgd_iterations"], seed=run.seed)}
+        report = robust_accuracy(model, x[:n], y[:n], named, cascade=False)
+        return {"clean (Table 4 images)": report.clean, **report.per_attack}
+
+    return cache.load_or_compute("at-evaluation-table4", config, compute)
+
+
+def reweighting_outcomes(run: Run, method: str) -> dict[str, torch.Tensor]:
+    """:func:`at_outcomes` of ``method`` and, for a method of DYNAT's Table 4, its
+    :func:`table4_outcomes` too."""
+    outcomes = at_outcomes(run, method)
+    if method in REWEIGHTING_TABLES["Table 4"][1]:
+        outcomes = {**outcomes, **table4_outcomes(run, method)}
+    return outcomes
+
+
 def reweighting_table(run: Run, save: bool = False) -> list[dict[str, Any]]:
-    """The rows (:func:`at_evaluation`) of every method of DYNAT's Tables 3 and 4 (chapter 9); with
+    """The rows of every method of DYNAT's Tables 3 and 4 (chapter 9): :func:`at_evaluation`'s
+    columns and, for the methods of Table 4, its PGD-100 and APGD (:func:`table4_outcomes`); with
     ``save`` also written to ``at_dynat_reweighting.json`` together with, in the paper profile on
     CIFAR-10, the rows of both tables labelled as the paper's."""
-    rows = [at_evaluation(run, method) for method in REWEIGHTING_ROWS]
+    rows = [reporting.outcome_row(reweighting_outcomes(run, method), AT_METHODS[method].label)
+            for method in REWEIGHTING_ROWS]
     if save:
         tables = [(name, table) for name, (table, _) in REWEIGHTING_TABLES.items()] if run.dataset == "cifar10" else []
         save_with_paper_rows(run, "at_dynat_reweighting", rows, tables)
