@@ -276,7 +276,7 @@ def test_table_4s_own_columns_are_pgd_100_and_apgd_on_the_first_images(tmp_path,
     monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
     run = config.setup("quick", device="cpu", quiet=True)
     spec = run.config["adversarial_training"]
-    assert spec["table4_evaluation"] == {"subset": 200, "pgd_steps": 100, "apgd_iterations": 100}
+    assert spec["table4_evaluation"] == {"subset": 100, "pgd_steps": 100, "apgd_iterations": 100}
     assert recipes.table4_columns(run) == ["PGD-100", "APGD"]
     assert recipes.table4_columns(config.setup("paper", device="cpu", smoke=True, quiet=True)) == ["PGD-3", "APGD"]
     spec["table4_evaluation"]["subset"] = 12
