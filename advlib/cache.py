@@ -225,7 +225,8 @@ def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dic
         tensors = compute()
         if distributed.is_main():
             atomic_save(tensors, path)
-        return _written_by_rank_0(path, "cpu") or tensors
+        reloaded = _written_by_rank_0(path, "cpu")
+        return tensors if reloaded is None else reloaded
 
 
 def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
