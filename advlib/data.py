@@ -11,9 +11,10 @@ import gzip
 import pickle
 import shutil
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +67,9 @@ def info(name: str) -> DatasetInfo:
 
 @dataclass
 class ImageSet:
-    """A split of a dataset: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+    """A split of a dataset: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,). The tensors of a
+    split loaded twice are the same (:func:`load` reads the files once per process): derive new
+    tensors from them, never change them in place."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -100,7 +103,7 @@ class ImageSet:
 
     def tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """All images as floats in [0, 1] and their labels, on ``device``."""
-        return self.images.to(device).float().div_(255), self.labels.to(device)
+        return self.images.to(device).float().div_(255), self.labels.to(device, copy=True)
 
 
 def split_indices(n: int, n_holdout: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,9 +176,13 @@ def _fashion_mnist(meta: DatasetInfo, split: str, root: Path, download: bool) ->
                       f"{root / 'fashion-mnist'}")
         found = locate()
         assert found is not None, "torchvision's download did not produce the IDX files"
-    images = torch.from_numpy(read_idx(found[0]).copy()).unsqueeze(1)
-    labels = torch.from_numpy(read_idx(found[1]).astype(np.int64))
-    return F.pad(images, (2, 2, 2, 2)), labels
+
+    def read() -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.from_numpy(read_idx(found[0]).copy()).unsqueeze(1)
+        labels = torch.from_numpy(read_idx(found[1]).astype(np.int64))
+        return F.pad(images, (2, 2, 2, 2)), labels
+
+    return _read_once(found, read)
 
 
 # --- CIFAR: the "python version" pickles ------------------------------------------------------------
@@ -250,10 +257,35 @@ def _cifar(meta: DatasetInfo, split: str, root: Path, download: bool) -> tuple[t
         _download(meta, root, download, [folder],
                   how=f"download {archive} from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
                       f"into {root} (or point $ADVLIB_DATA at a folder that holds {folder_name}/)")
-    parts = [read_cifar_batch(folder / f, label_key) for f in files[split]]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    return torch.from_numpy(images), torch.from_numpy(labels)
+
+    def read() -> tuple[torch.Tensor, torch.Tensor]:
+        parts = [read_cifar_batch(folder / f, label_key) for f in files[split]]
+        return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                torch.from_numpy(np.concatenate([p[1] for p in parts])))
+
+    return _read_once([folder / f for f in files[split]], read)
+
+
+# Splits read in this process, by file identity. A chapter asks for its test images dozens of times,
+# and decompressing Fashion-MNIST's test set takes 50 ms, its training set 0.3 s. Bounded, since
+# the tests write many small synthetic datasets.
+_READ: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+_READ_KEEP = 4
+
+
+def _read_once(files: Sequence[Path], read: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``read()``'s (images, labels), read only once per process for the same files (same path, size
+    and modification time: a file written again is read again). The tensors are shared between the
+    :class:`ImageSet` s of those files, which never modify them in place."""
+    key = tuple((str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    if key in _READ:
+        _READ.move_to_end(key)
+    else:
+        _READ[key] = read()
+        while len(_READ) > _READ_KEEP:
+            _READ.popitem(last=False)
+    return _READ[key]
 
 
 def _download(meta: DatasetInfo, root: Path, download: bool, looked_in: list[Path], how: str) -> None:

@@ -225,3 +225,18 @@ def test_samples_are_nested_seeded_and_without_replacement():
     everything = full.sample(30, seed=4)
     assert sorted(everything.labels.tolist()) == list(range(20)), "more than there are: all, in random order"
     assert torch.equal(everything.labels[:12], large.labels), "still nested"
+
+
+def test_a_split_is_read_once_per_process_and_again_when_its_files_change(tmp_path, monkeypatch):
+    reads: list[Path] = []
+    read_batch = data.read_cifar_batch
+    monkeypatch.setattr(data, "read_cifar_batch", lambda path, key: (reads.append(path), read_batch(path, key))[1])
+    data.write_synthetic_cifar(tmp_path, "cifar10", n_train=10, n_test=6)
+    first = data.load("cifar10", "test", root=tmp_path, download=False)
+    second = data.load("cifar10", "test", root=tmp_path, download=False)
+    assert len(reads) == 1 and torch.equal(first.images, second.images)
+    x, y = second.tensors()
+    y[0] = (y[0] + 1) % 10  # a caller's changes to its tensors stay its own
+    assert torch.equal(data.load("cifar10", "test", root=tmp_path, download=False).labels, first.labels)
+    data.write_synthetic_cifar(tmp_path, "cifar10", n_train=10, n_test=8, seed=3)
+    assert len(data.load("cifar10", "test", root=tmp_path, download=False)) == 8 and len(reads) == 2
