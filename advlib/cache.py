@@ -229,11 +229,16 @@ def load_or_compute(kind: str, config: dict[str, Any], compute: Callable[[], dic
         return tensors if reloaded is None else reloaded
 
 
-def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
+def load_or_train(kind: str, config: dict[str, Any], model: nn.Module | Callable[[bool], nn.Module],
                   train: Callable[[nn.Module, Path], list[dict[str, Any]]],
                   root: Path | None = None, verbose: bool = True, launch: Callable[[], None] | None = None
                   ) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Fill ``model`` with the cached weights for ``config``, or train it and cache the result.
+
+    ``model`` may instead be a function ``build(initialise)`` that returns the network: it is then
+    built with initial weights only when it is to be trained, and with empty ones when the cached
+    weights are about to replace them (drawing WRN-34-10's initial weights takes longer on two CPU
+    cores than loading its checkpoint).
 
     ``train(model, checkpoint_path)`` trains in place and returns the per-epoch history; it is
     expected to save its progress to ``checkpoint_path`` and resume from it (see
@@ -248,18 +253,21 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module,
             raise RuntimeError(f"torchrun finished without writing {kind} to {shown_name(path)}: its processes "
                                "see another advlib home (ADVLIB_HOME) or another configuration")
     verbose = verbose and distributed.is_main()
+    build = model if callable(model) and not isinstance(model, nn.Module) else None
     with _locked(path):
-        state = load_agreed(path, next(model.parameters()).device, required=("model", "history"))
+        loaded = build(False) if build else model
+        state = load_agreed(path, next(loaded.parameters()).device, required=("model", "history"))
         if state is not None:
-            model.load_state_dict(state["model"])
+            loaded.load_state_dict(state["model"])
             if verbose:
                 _announce_load(kind, path)
-            return model, state["history"]
+            return loaded, state["history"]
         checkpoint = path.with_suffix(".partial.pt")
         if verbose:
             resuming = ", resuming from its last finished epoch" if checkpoint.is_file() else ""
             print(f"training {kind}{resuming} (to be cached as {shown_name(path)})")
             _ANNOUNCED.add(path)
+        model = build(True) if build else model
         history = train(model, checkpoint)
         if distributed.is_main():
             atomic_save({"model": model.state_dict(), "history": history, "config": config}, path)

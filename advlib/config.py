@@ -413,7 +413,18 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     layout too: convolutions run faster in it on CUDA and on the CPU alike (on two CPU cores, the
     small CNN's forward-backward pass took 20 ms per 128 Fashion-MNIST images instead of 31, its
     forward pass 8 instead of 16, and AutoAttack on chapter 6's TRADES model 11 s instead of 18).
-    Only the layout changes, not the values or the parameter names."""
+    Only the layout changes, not the values or the parameter names.
+
+    A model built on the ``meta`` device (shapes without storage) gets empty storage on ``device``,
+    to be filled by ``load_state_dict``; every buffer must then be saved with the weights, or it
+    would stay uninitialised."""
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        unsaved = [f"{name}.{buffer}" if name else buffer for name, module in model.named_modules()
+                   for buffer in module._non_persistent_buffers_set]
+        if unsaved:
+            raise ValueError(f"buffers {', '.join(unsaved)} are not saved with the weights, so a model built "
+                             "without initial weights would leave them empty; build it with its initial weights")
+        model = model.to_empty(device=device)
     model = model.to(device).to(memory_format=torch.channels_last)
     model.register_forward_pre_hook(_channels_last_input)
     return model

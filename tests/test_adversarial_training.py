@@ -861,6 +861,32 @@ def test_label_agreement_sums_every_batch_of_the_epoch():
 
 # --- initial weights follow from the configuration -----------------------------------------------------
 
+@pytest.mark.parametrize("profile,role", [("quick", "classifier"), ("quick", "purifier"), ("quick", "target"),
+                                          ("quick", "student"), ("paper", "target"), ("paper", "guide")])
+def test_a_network_built_without_initial_weights_takes_the_cached_weights_alike(profile, role):
+    run = config.setup(profile, device="cpu", quiet=True)
+    initialised = recipes.network(run, role, seed=0).eval()
+    empty = recipes.network(run, role, initialise=False)
+    assert [(k, v.shape, v.dtype, v.device) for k, v in empty.state_dict().items()] == \
+        [(k, v.shape, v.dtype, v.device) for k, v in initialised.state_dict().items()]
+    empty.load_state_dict(initialised.state_dict())
+    x = torch.rand(2, data.info(run.dataset).in_channels, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(empty.eval()(x), initialised(x))
+
+
+def test_a_model_with_unsaved_buffers_cannot_be_built_without_initial_weights():
+    class Scaled(nn.Linear):
+        def __init__(self) -> None:
+            super().__init__(2, 2)
+            self.register_buffer("scale", torch.ones(1), persistent=False)
+
+    with torch.device("meta"):
+        model = nn.Sequential(Scaled())
+    with pytest.raises(ValueError, match="0.scale.*not saved with the weights"):
+        config.prepare_model(model, torch.device("cpu"))
+
+
 def test_seeded_network_ignores_and_keeps_the_global_rng():
     run = config.setup("quick", device="cpu", quiet=True)
     torch.manual_seed(123)
@@ -880,7 +906,7 @@ def test_an_adversarially_trained_model_starts_from_the_same_weights_whatever_ra
     run = config.setup("quick", device="cpu", quiet=True)
     started = []
     monkeypatch.setattr(recipes.adversarial_training.cache, "load_or_train",
-                        lambda kind, settings, model, train, launch=None: (started.append(model), (model, []))[1])
+                        lambda kind, settings, build, train, launch=None: (started.append(build(True)), (started[-1], []))[1])
     for draws in (0, 1000):
         torch.rand(draws)
         recipes.adversarially_trained(run, method)

@@ -214,3 +214,23 @@ def test_json_is_written_indented_in_the_given_order_through_a_hidden_temporary_
     assert target == path and source.parent == path.parent
     assert source.name.startswith(".table.json.") and source.name.endswith(".tmp")
     assert sorted(p.name for p in path.parent.iterdir()) == ["table.json"]
+
+
+def test_a_model_given_as_a_builder_draws_initial_weights_only_to_train(tmp_path):
+    asked: list[bool] = []
+
+    def build(initialise: bool) -> torch.nn.Module:
+        asked.append(initialise)
+        if initialise:
+            return torch.nn.Linear(2, 2)
+        with torch.device("meta"):
+            return torch.nn.Linear(2, 2).to_empty(device="cpu")
+
+    calls: list[int] = []
+    trained, _ = cache.load_or_train("toy", {}, build, _toy_train(calls), root=tmp_path, verbose=False)
+    assert asked[-1] is True and calls == [1]
+    asked.clear()
+    loaded, history = cache.load_or_train("toy", {}, build, _toy_train(calls), root=tmp_path, verbose=False)
+    assert asked == [False] and calls == [1], "a cached model is built empty and never trained again"
+    assert history == [{"epoch": 1}]
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))

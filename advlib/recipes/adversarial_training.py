@@ -103,11 +103,14 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
     :class:`~advlib.defenses.dynat.GuideAndTarget` pair, whose forward pass is the target's."""
     config = adversarial_training_config(run, method)
     spec = run.config["adversarial_training"]
-    target = network(run, "target", seed=run.seed, **config["target"])
-    if "guide" in config:
-        model = defenses.dynat.GuideAndTarget(network(run, "guide", seed=run.seed + 1, **config["guide"]), target)
-    else:
-        model = target
+
+    def build(initialise: bool) -> nn.Module:
+        target = network(run, "target", seed=run.seed, initialise=initialise, **config["target"])
+        if "guide" not in config:
+            return target
+        guide = network(run, "guide", seed=run.seed + 1, initialise=initialise, **config["guide"])
+        return defenses.dynat.GuideAndTarget(guide, target)
+
     trainer = defenses.build(config["trainer"], **config.get("trainer_options", {}), seed=run.seed)
     averaging = config["averaging"] and {**config["averaging"], "module": "target" if "guide" in config else None}
 
@@ -125,7 +128,7 @@ def adversarially_trained(run: Run, method: str) -> tuple[nn.Module, list[dict[s
                    schedule=config["schedule"], loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate,
                    desc=method, averaging=averaging, sync_batchnorm=run.sync_batchnorm)
 
-    model, history = cache.load_or_train(f"at-{method}", config, model, train,
+    model, history = cache.load_or_train(f"at-{method}", config, build, train,
                                          launch=distributed.launcher(run, "at", method))
     return model.eval(), history
 

@@ -21,7 +21,8 @@ def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The standard-trained classifier of chapter 1 (ResNet56 on CIFAR-10 in the paper profile),
     in eval mode, with its per-epoch history (training loss/accuracy, held-out accuracy)."""
     config = classifier_config(run)
-    model = network(run, "classifier", seed=run.seed)
+    def build(initialise: bool) -> nn.Module:
+        return network(run, "classifier", seed=run.seed, initialise=initialise)
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         loader, x_val, y_val = training_data(run, config)
@@ -29,6 +30,6 @@ def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
                    schedule=config["schedule"], checkpoint=checkpoint, desc=config["arch"],
                    evaluate=lambda m: {"val_acc": accuracy(m, x_val, y_val)}, sync_batchnorm=run.sync_batchnorm)
 
-    model, history = cache.load_or_train("classifier", config, model, train,
+    model, history = cache.load_or_train("classifier", config, build, train,
                                          launch=distributed.launcher(run, "classifier"))
     return model.eval(), history

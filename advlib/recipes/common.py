@@ -33,7 +33,8 @@ NETWORK_ROLES = {"classifier": ("classifier", None), "purifier": ("purification"
                  "student": ("distillation", "student")}
 
 
-def network(run: Run, role: str, *, seed: int | None = None, **architecture: Any) -> nn.Module:
+def network(run: Run, role: str, *, seed: int | None = None, initialise: bool = True,
+            **architecture: Any) -> nn.Module:
     """A freshly initialised network for ``role`` in ``run``'s profile, on the run's device: the
     chapter-1 ``"classifier"``, the ``"purifier"`` autoencoder (chapters 3-5), the adversarially
     trained ``"target"`` and DYNAT's ``"guide"`` (chapters 6, 8 and 9), the distilled ``"student"``
@@ -42,28 +43,36 @@ def network(run: Run, role: str, *, seed: int | None = None, **architecture: Any
 
     With ``seed`` the initial weights are drawn from a generator seeded by it alone, so that a cached
     artifact's weights follow from its configuration and not from what the process ran before (a
-    notebook run on its own trains the same model as the batch run); the global RNG is left as it was."""
-    if seed is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return network(run, role, **architecture)
+    notebook run on its own trains the same model as the batch run); the global RNG is left as it was.
+    ``initialise=False`` leaves the weights empty (uninitialised memory), for a network whose weights
+    are about to be loaded (:func:`advlib.cache.load_or_train`)."""
     if role not in NETWORK_ROLES:
         raise ValueError(f"unknown network role {role!r}; known roles: {', '.join(NETWORK_ROLES)}")
+    if not initialise:
+        with torch.device("meta"):
+            net = _architecture(run, role, architecture)
+    elif seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = _architecture(run, role, architecture)
+    else:
+        net = _architecture(run, role, architecture)
+    return prepare_model(net, run.device)
+
+
+def _architecture(run: Run, role: str, architecture: dict[str, Any]) -> nn.Module:
     section, key = NETWORK_ROLES[role]
     spec = run.config[section]
     meta = data.info(run.dataset)
     if role == "classifier":
-        net = models.for_dataset(spec["arch"], run.dataset)
-    elif role == "purifier":
-        net = models.build("cae", in_channels=meta.in_channels, **{**spec[key], **architecture})
-    else:
-        settings = architecture if "arch" in architecture else {**spec[key], **architecture}
-        params = {k: v for k, v in settings.items() if k != "arch"}
-        if spec["normalize"]:
-            net = models.for_dataset(settings["arch"], run.dataset, **params)
-        else:
-            net = models.build(settings["arch"], meta.num_classes, meta.in_channels, **params)
-    return prepare_model(net, run.device)
+        return models.for_dataset(spec["arch"], run.dataset)
+    if role == "purifier":
+        return models.build("cae", in_channels=meta.in_channels, **{**spec[key], **architecture})
+    settings = architecture if "arch" in architecture else {**spec[key], **architecture}
+    params = {k: v for k, v in settings.items() if k != "arch"}
+    if spec["normalize"]:
+        return models.for_dataset(settings["arch"], run.dataset, **params)
+    return models.build(settings["arch"], meta.num_classes, meta.in_channels, **params)
 
 
 def training_data(run: Run, config: dict[str, Any], shuffle_seed: int | None = None

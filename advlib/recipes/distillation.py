@@ -118,7 +118,8 @@ def distilled_student(run: Run, method: str, seed: int | None = None) -> tuple[n
     config = distillation_config(run, method, seed)
     spec = run.config["distillation"]
     student_seed = config.get("student_seed", run.seed)
-    model = network(run, "student", seed=student_seed)
+    def build(initialise: bool) -> nn.Module:
+        return network(run, "student", seed=student_seed, initialise=initialise)
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         teacher = distillation_teacher(run)
@@ -130,7 +131,7 @@ def distilled_student(run: Run, method: str, seed: int | None = None) -> tuple[n
                    evaluate=lambda student: held_out_robustness(student, x_val, y_val, val_attack, teacher))
 
     launch = distributed.launcher(run, "distilled", method, *([] if seed is None else [seed]))
-    model, history = cache.load_or_train(f"distilled-{method}", config, model, train, launch=launch)
+    model, history = cache.load_or_train(f"distilled-{method}", config, build, train, launch=launch)
     return model.eval(), history
 
 

@@ -62,7 +62,8 @@ def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Calla
     (or have ``launch`` train it on several GPUs); ``architecture`` overrides the profile's
     autoencoder settings (e.g. ``skips=False``)."""
     config = _purifier_config(run, role, extra, epochs, architecture)
-    model = network(run, "purifier", seed=run.seed, **(architecture or {}))
+    def build(initialise: bool) -> nn.Module:
+        return network(run, "purifier", seed=run.seed, initialise=initialise, **(architecture or {}))
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         clean, adversarial = adversarial_pairs(run)
@@ -87,7 +88,7 @@ def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Calla
                    loss_fn=loss_fn_factory(), checkpoint=checkpoint, evaluate=evaluate, desc=role,
                    sync_batchnorm=run.sync_batchnorm)
 
-    model, history = cache.load_or_train(f"purifier-{role}", config, model, train, launch=launch)
+    model, history = cache.load_or_train(f"purifier-{role}", config, build, train, launch=launch)
     return model.eval(), history
 
 
