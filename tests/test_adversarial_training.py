@@ -491,8 +491,8 @@ def paper_size_models() -> dict[str, nn.Module]:
 
 
 @pytest.mark.parametrize("name", ["standard", "pgd_at", "trades", "mart", "fat", "gairat", "awp", "lbgat", "dynat",
-                                  "dynat_awp", "dynat_inner_awp", "mail", "dynat_inner_gairat", "dynat_at_mail",
-                                  "dynat_mail_inner"])
+                                  "dynat_awp", "dynat_inner_awp", "mail", "dynat_inner_gairat", "gairat_resnet18",
+                                  "dynat_inner_gairat_resnet18", "dynat_at_mail", "dynat_mail_inner"])
 def test_one_step_of_each_trainer_at_paper_size(paper_size_models, name):
     """The method's paper-profile networks (WRN-34-10 target and ResNet18_cifar guide, the other way
     round for the MAIL rows) on a CIFAR-shaped batch of 2 with the paper profile's options; one inner

@@ -223,6 +223,20 @@ def test_paper_profile_has_each_methods_published_settings():
     assert (g["trainer_options"]["label_smoothing"], g["trainer_options"]["reweight_from_epoch"]) == (0.2, 71)
 
 
+@pytest.mark.parametrize("profile", ["quick", "paper"])
+def test_table_3s_resnet_18_rows_swap_the_target_and_the_guide_and_change_nothing_else(profile):
+    run = config.setup(profile, device="cpu", quiet=True)
+    for wide, swapped in (("gairat", "gairat_resnet18"), ("dynat_inner_gairat", "dynat_inner_gairat_resnet18")):
+        a, b = recipes.adversarial_training_config(run, wide), recipes.adversarial_training_config(run, swapped)
+        assert a["trainer"] == b["trainer"] and a["trainer_options"] == b["trainer_options"], swapped
+        differ = {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
+        assert differ == {"method", "target", "guide"} - ({"guide"} if "guide" not in a else set()), swapped
+        if "guide" in a:
+            assert (b["target"], b["guide"]) == (a["guide"], a["target"]), "the two networks change places"
+        else:
+            assert b["target"] == recipes.adversarial_training_config(run, "dynat_inner_gairat")["guide"]
+
+
 def test_a_methods_own_architecture_builds_its_networks(tmp_path, monkeypatch):
     """The paper profile's per-method target and guide reach the networks (checked on the quick profile
     with a wider guide and target, so that it stays small)."""
@@ -242,11 +256,13 @@ def test_a_methods_own_architecture_builds_its_networks(tmp_path, monkeypatch):
 
 def test_rows_carry_the_papers_names_and_tables_hold_the_seeds_numbers():
     labels = {recipes.AT_METHODS[m].label for m in recipes.REWEIGHTING_METHODS}
-    assert labels == {"MAIL", "DYNAT-Inner-GAIRAT", "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"}
+    assert labels == {"MAIL", "DYNAT-Inner-GAIRAT", "GAIRAT (ResNet-18)", "DYNAT-Inner-GAIRAT (ResNet-18)",
+                      "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"}
     assert set(recipes.REWEIGHTING_METHODS) <= set(recipes.REWEIGHTING_ROWS)
     for name, (table, methods) in recipes.REWEIGHTING_TABLES.items():
         assert {recipes.AT_METHODS[m].label for m in methods} <= set(table), name
     assert papers.DYNAT_TABLE3["DYNAT-Inner-GAIRAT"]["AA"] == 42.60
+    assert papers.DYNAT_TABLE3["GAIRAT (ResNet-18)"] == {"clean": 82.27, "PGD-20": 60.07, "CW": 37.82, "AA": 35.70}
     assert papers.DYNAT_TABLE4["DYNAT-MAIL-Inner"]["AA"] == 49.90
     assert papers.DYNAT_TABLE4["MAIL"]["CW"] == 48.88
     assert [recipes.chapter_of(m) for m in ("gairat", "mail", "dynat_mail_inner", "dynat", "trades")] == [6, 9, 9, 8, 6]
@@ -259,7 +275,8 @@ def test_paper_profile_results_quote_tables_3_and_4(tmp_path, monkeypatch):
                         lambda run, method: {"clean": torch.tensor([True, False])})
     run = config.setup("paper", device="cpu", quiet=True)
     rows = recipes.reweighting_table(run, save=True)
-    assert [r["method"] for r in rows] == ["GAIRAT", "DYNAT-Inner-GAIRAT", "PGD-AT", "TRADES", "MART", "FAT", "AWP",
+    assert [r["method"] for r in rows] == ["GAIRAT", "DYNAT-Inner-GAIRAT", "GAIRAT (ResNet-18)",
+                                           "DYNAT-Inner-GAIRAT (ResNet-18)", "PGD-AT", "TRADES", "MART", "FAT", "AWP",
                                            "MAIL", "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"]
     saved = json.loads((run.results_dir / "at_dynat_reweighting.json").read_text())["results"]
     quoted = [r for r in saved if r.get("source", "").startswith("paper")]

@@ -1,6 +1,7 @@
 """Chapters 6, 8 and 9: adversarially trained models — standard training, PGD-AT, TRADES, the other
-baselines of DYNAT's Table 1 (MART, FAT, GAIRAT, AWP, LBGAT), DYNAT and its AWP variants, MAIL and
-the DYNATs reweighted as GAIRAT and MAIL (Tables 3-4) — and one row of DYNAT's tables for each."""
+baselines of DYNAT's Table 1 (MART, FAT, GAIRAT, AWP, LBGAT), DYNAT and its AWP variants, MAIL, the
+DYNATs reweighted as GAIRAT and MAIL, and GAIRAT and DYNAT-Inner-GAIRAT with the guide and target
+swapped (Tables 3-4) — and one row of DYNAT's tables for each."""
 from __future__ import annotations
 
 from typing import Any
@@ -31,6 +32,9 @@ AT_METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dynat_inner_awp", "DYNAT-Inner-AWP (β = 1)", "dynat_inner_awp", "dynat_awp", {"beta": 1.0}),
     Method("mail", "MAIL", "mail", "mail"),
     Method("dynat_inner_gairat", "DYNAT-Inner-GAIRAT", "dynat_inner_gairat", "dynat_inner_gairat"),
+    Method("gairat_resnet18", "GAIRAT (ResNet-18)", "gairat", "gairat_resnet18"),
+    Method("dynat_inner_gairat_resnet18", "DYNAT-Inner-GAIRAT (ResNet-18)", "dynat_inner_gairat",
+           "dynat_inner_gairat_resnet18"),
     Method("dynat_at_mail", "DYNAT-AT-MAIL", "dynat_mail", "dynat_mail", {"inner": "ground_truth"}),
     Method("dynat_mail_inner", "DYNAT-MAIL-Inner", "dynat_mail", "dynat_mail", {"inner": "dynamic"}),
 )}
@@ -40,13 +44,16 @@ AT_COLUMNS = papers.DYNAT_COLUMNS
 # the trainers of a GuideAndTarget pair
 GUIDED_TRAINERS = ("lbgat", "dynat", "dynat_awp", "dynat_inner_awp", "dynat_inner_gairat", "dynat_mail")
 
-# what chapter 9 trains: MAIL and DYNAT combined with GAIRAT and MAIL (DYNAT's Tables 3 and 4)
-REWEIGHTING_METHODS = ("mail", "dynat_inner_gairat", "dynat_at_mail", "dynat_mail_inner")
+# what chapter 9 trains: MAIL, DYNAT combined with GAIRAT and MAIL, and GAIRAT with Table 3's
+# ResNet-18 target (DYNAT's Tables 3 and 4)
+REWEIGHTING_METHODS = ("mail", "dynat_inner_gairat", "gairat_resnet18", "dynat_inner_gairat_resnet18",
+                       "dynat_at_mail", "dynat_mail_inner")
 
 
 def chapter_of(method: str) -> int:
-    """The chapter that trains ``method`` (a key of :data:`AT_METHODS`): 9 for MAIL and the reweighted
-    DYNATs, 8 for the other methods that train a guide, 6 for the rest."""
+    """The chapter that trains ``method`` (a key of :data:`AT_METHODS`): 9 for :data:`REWEIGHTING_METHODS`
+    (MAIL, the reweighted DYNATs and Table 3's GAIRAT with a ResNet-18 target), 8 for the other methods
+    that train a guide, 6 for the rest."""
     if method in REWEIGHTING_METHODS:
         return 9
     return 8 if AT_METHODS[method].trainer in GUIDED_TRAINERS else 6
@@ -183,7 +190,8 @@ def save_at_dynat(run: Run, rows: list[dict[str, Any]]) -> Any:
 
 # DYNAT's Tables 3 and 4 (CIFAR-10 only) and the methods of each that the book trains
 REWEIGHTING_TABLES: dict[str, tuple[dict[str, dict[str, float]], tuple[str, ...]]] = {
-    "Table 3": (papers.DYNAT_TABLE3, ("gairat", "dynat_inner_gairat")),
+    "Table 3": (papers.DYNAT_TABLE3, ("gairat", "dynat_inner_gairat", "gairat_resnet18",
+                                      "dynat_inner_gairat_resnet18")),
     "Table 4": (papers.DYNAT_TABLE4, ("pgd_at", "trades", "mart", "fat", "awp", "gairat", "mail", "dynat_at_mail",
                                       "dynat_mail_inner")),
 }
