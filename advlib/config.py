@@ -43,7 +43,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dataset": "fashion-mnist",
         "eval_subset": 1000,
         "classifier": {
-            # three epochs: the fourth cost 38 s of a CI run that must stay under 45 minutes
+            # three epochs, for the 45-minute CI budget: 98 s instead of about 150 s on two cores, for
+            # 88.9 % test accuracy instead of 90.0 %
             "arch": "resnet20", "epochs": 3, "batch_size": 128, "train_subset": 20000, "holdout": 1000,
             "augment": True,
             "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True},
