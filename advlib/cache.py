@@ -267,6 +267,7 @@ def load_or_train(kind: str, config: dict[str, Any], model: nn.Module | Callable
             resuming = ", resuming from its last finished epoch" if checkpoint.is_file() else ""
             print(f"training {kind}{resuming} (to be cached as {shown_name(path)})")
             _ANNOUNCED.add(path)
+        del loaded  # an empty network's memory is not held through the training
         model = build(True) if build else model
         history = train(model, checkpoint)
         if distributed.is_main():

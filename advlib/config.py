@@ -279,7 +279,9 @@ PROFILES: dict[str, dict[str, Any]] = {
                                                               "weight_decay": 5e-4},
                                                 "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
             # Table 3's other two rows (Sec. 4.3, "swapped the guiding and target model types"): GAIRAT
-            # and DYNAT-Inner-GAIRAT as above with a ResNet-18 target, and a WRN-34-10 guide
+            # and DYNAT-Inner-GAIRAT as above with a ResNet-18 target, and a WRN-34-10 guide. Both
+            # targets are DYNAT's ResNet18_cifar (the guide's network, as in the MAIL rows), so that the
+            # pair compares like with like; GAIRAT's own code trains kuangliu's ResNet-18 (``resnet18``)
             "gairat_resnet18": {"lam": -1.0, "reweight_start": 59 / 120, "eps": 0.031, "alpha": 0.007,
                                 "training": {"epochs": 120, "target": {"arch": "resnet18_cifar"},
                                              "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
