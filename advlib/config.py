@@ -110,13 +110,13 @@ PROFILES: dict[str, dict[str, Any]] = {
             "mail": {"gamma": 10.0, "bias": -0.5, "reweight_start": 0.75},
             "dynat_mail": {"gamma": 10.0, "bias": -0.5, "reweight_start": 0.75},
             "dynat_inner_gairat": {"lam": -1.0, "label_smoothing": 0.2, "reweight_start": 0.75},
-            # Table 3's rows with a ResNet-18 target (and, for DYNAT, a WRN-34-10 guide): the two
-            # networks swapped, a width-8 target guided by a width-16 one
-            "gairat_resnet18": {"lam": -1.0, "reweight_start": 0.75,
-                                "training": {"target": {"arch": "small_cnn", "width": 8}}},
-            "dynat_inner_gairat_resnet18": {"lam": -1.0, "label_smoothing": 0.2, "reweight_start": 0.75,
-                                            "training": {"target": {"arch": "small_cnn", "width": 8},
-                                                         "guide": {"arch": "small_cnn", "width": 16}}},
+            # Table 3's "(small target)" rows, a ResNet-18 target (and, for DYNAT, a WRN-34-10 guide) in
+            # the paper: the two networks swapped, a width-8 target guided by a width-16 one
+            "gairat_small_target": {"lam": -1.0, "reweight_start": 0.75,
+                                    "training": {"target": {"arch": "small_cnn", "width": 8}}},
+            "dynat_inner_gairat_small_target": {"lam": -1.0, "label_smoothing": 0.2, "reweight_start": 0.75,
+                                                "training": {"target": {"arch": "small_cnn", "width": 8},
+                                                             "guide": {"arch": "small_cnn", "width": 16}}},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             "eval_attack": {"eps": 0.1, "alpha": 0.025},
             # Every attack on its own on 500 test images; AutoAttack on the first 200 of them (the
@@ -278,22 +278,20 @@ PROFILES: dict[str, dict[str, Any]] = {
                                                 "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
                                                               "weight_decay": 5e-4},
                                                 "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
-            # Table 3's other two rows (Sec. 4.3, "swapped the guiding and target model types"): GAIRAT
-            # and DYNAT-Inner-GAIRAT as above with a ResNet-18 target, and a WRN-34-10 guide. Both
+            # Table 3's "(small target)" rows (Sec. 4.3, "swapped the guiding and target model types"):
+            # GAIRAT and DYNAT-Inner-GAIRAT as above with a ResNet-18 target, and a WRN-34-10 guide. Both
             # targets are DYNAT's ResNet18_cifar (the guide's network, as in the MAIL rows), so that the
             # pair compares like with like; GAIRAT's own code trains kuangliu's ResNet-18 (``resnet18``)
-            "gairat_resnet18": {"lam": -1.0, "reweight_start": 59 / 120, "eps": 0.031, "alpha": 0.007,
-                                "training": {"epochs": 120, "target": {"arch": "resnet18_cifar"},
-                                             "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
-                                                           "weight_decay": 2e-4},
-                                             "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
-            "dynat_inner_gairat_resnet18": {"lam": -1.0, "label_smoothing": 0.2, "reweight_start": 70 / 120,
-                                            "eps": 0.031, "alpha": 0.007,
-                                            "training": {"epochs": 120, "target": {"arch": "resnet18_cifar"},
-                                                         "guide": {"arch": "wrn34_10"},
-                                                         "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
-                                                                       "weight_decay": 5e-4},
-                                                         "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
+            "gairat_small_target": {"lam": -1.0, "reweight_start": 59 / 120, "eps": 0.031, "alpha": 0.007,
+                                    "training": {"epochs": 120, "target": {"arch": "resnet18_cifar"},
+                                                 "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9,
+                                                               "weight_decay": 2e-4},
+                                                 "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
+            "dynat_inner_gairat_small_target": {
+                "lam": -1.0, "label_smoothing": 0.2, "reweight_start": 70 / 120, "eps": 0.031, "alpha": 0.007,
+                "training": {"epochs": 120, "target": {"arch": "resnet18_cifar"}, "guide": {"arch": "wrn34_10"},
+                             "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+                             "schedule": copy.deepcopy(GAIRAT_SCHEDULE)}},
             "dynat_awp_label_weight_by_dataset": {"cifar100": 0.2},
             # the authors' evaluation script: ε 8/255, step 2/255, uniform random start, 1 restart;
             # CW-∞ 20 steps; AutoAttack on the first 1000 test images. (Its PGD also freezes each
@@ -368,8 +366,8 @@ PAPER_SMOKE_OVERRIDES: dict[str, Any] = {
     "adversarial_training.gairat.training.epochs": 1, "adversarial_training.awp.training.epochs": 1,
     "adversarial_training.mail.training.epochs": 1, "adversarial_training.dynat_mail.training.epochs": 1,
     "adversarial_training.dynat_inner_gairat.training.epochs": 1,
-    "adversarial_training.gairat_resnet18.training.epochs": 1,
-    "adversarial_training.dynat_inner_gairat_resnet18.training.epochs": 1,
+    "adversarial_training.gairat_small_target.training.epochs": 1,
+    "adversarial_training.dynat_inner_gairat_small_target.training.epochs": 1,
     "adversarial_training.evaluation.eval_subset": 2, "adversarial_training.evaluation.autoattack_subset": 2,
     "adversarial_training.evaluation.cw_steps": 5, "adversarial_training.evaluation.autoattack_iterations": 5,
     "adversarial_training.evaluation.square_queries": 20,

@@ -278,7 +278,7 @@ def _read_once(files: Sequence[Path], read: Callable[[], tuple[torch.Tensor, tor
     """``read()``'s (images, labels), read only once per process for the same files (same path, size
     and modification time: a file written again is read again). The tensors are shared between the
     :class:`ImageSet` s of those files, which never modify them in place."""
-    key = tuple((str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns) for path in files)
+    key = tuple((str(path.resolve()), stat.st_size, stat.st_mtime_ns) for path in files for stat in [path.stat()])
     if key in _READ:
         _READ.move_to_end(key)
     else:

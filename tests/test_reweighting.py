@@ -224,9 +224,10 @@ def test_paper_profile_has_each_methods_published_settings():
 
 
 @pytest.mark.parametrize("profile", ["quick", "paper"])
-def test_table_3s_resnet_18_rows_swap_the_target_and_the_guide_and_change_nothing_else(profile):
+def test_table_3s_small_target_rows_swap_the_target_and_the_guide_and_change_nothing_else(profile):
     run = config.setup(profile, device="cpu", quiet=True)
-    for wide, swapped in (("gairat", "gairat_resnet18"), ("dynat_inner_gairat", "dynat_inner_gairat_resnet18")):
+    for wide, swapped in (("gairat", "gairat_small_target"),
+                          ("dynat_inner_gairat", "dynat_inner_gairat_small_target")):
         a, b = recipes.adversarial_training_config(run, wide), recipes.adversarial_training_config(run, swapped)
         assert a["trainer"] == b["trainer"] and a["trainer_options"] == b["trainer_options"], swapped
         differ = {key for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
@@ -256,13 +257,13 @@ def test_a_methods_own_architecture_builds_its_networks(tmp_path, monkeypatch):
 
 def test_rows_carry_the_papers_names_and_tables_hold_the_seeds_numbers():
     labels = {recipes.AT_METHODS[m].label for m in recipes.REWEIGHTING_METHODS}
-    assert labels == {"MAIL", "DYNAT-Inner-GAIRAT", "GAIRAT (ResNet-18)", "DYNAT-Inner-GAIRAT (ResNet-18)",
+    assert labels == {"MAIL", "DYNAT-Inner-GAIRAT", "GAIRAT (small target)", "DYNAT-Inner-GAIRAT (small target)",
                       "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"}
     assert set(recipes.REWEIGHTING_METHODS) <= set(recipes.REWEIGHTING_ROWS)
     for name, (table, methods) in recipes.REWEIGHTING_TABLES.items():
         assert {recipes.AT_METHODS[m].label for m in methods} <= set(table), name
     assert papers.DYNAT_TABLE3["DYNAT-Inner-GAIRAT"]["AA"] == 42.60
-    assert papers.DYNAT_TABLE3["GAIRAT (ResNet-18)"] == {"clean": 82.27, "PGD-20": 60.07, "CW": 37.82, "AA": 35.70}
+    assert papers.DYNAT_TABLE3["GAIRAT (small target)"] == {"clean": 82.27, "PGD-20": 60.07, "CW": 37.82, "AA": 35.70}
     assert papers.DYNAT_TABLE4["DYNAT-MAIL-Inner"]["AA"] == 49.90
     assert papers.DYNAT_TABLE4["MAIL"]["CW"] == 48.88
     assert [recipes.chapter_of(m) for m in ("gairat", "mail", "dynat_mail_inner", "dynat", "trades")] == [6, 9, 9, 8, 6]
@@ -275,9 +276,9 @@ def test_paper_profile_results_quote_tables_3_and_4(tmp_path, monkeypatch):
                         lambda run, method: {"clean": torch.tensor([True, False])})
     run = config.setup("paper", device="cpu", quiet=True)
     rows = recipes.reweighting_table(run, save=True)
-    assert [r["method"] for r in rows] == ["GAIRAT", "DYNAT-Inner-GAIRAT", "GAIRAT (ResNet-18)",
-                                           "DYNAT-Inner-GAIRAT (ResNet-18)", "PGD-AT", "TRADES", "MART", "FAT", "AWP",
-                                           "MAIL", "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"]
+    assert [r["method"] for r in rows] == ["GAIRAT", "DYNAT-Inner-GAIRAT", "GAIRAT (small target)",
+                                           "DYNAT-Inner-GAIRAT (small target)", "PGD-AT", "TRADES", "MART", "FAT",
+                                           "AWP", "MAIL", "DYNAT-AT-MAIL", "DYNAT-MAIL-Inner"]
     saved = json.loads((run.results_dir / "at_dynat_reweighting.json").read_text())["results"]
     quoted = [r for r in saved if r.get("source", "").startswith("paper")]
     assert {r["source"] for r in quoted} == {"paper (Table 3)", "paper (Table 4)"}

@@ -21,6 +21,7 @@ def classifier(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
     """The standard-trained classifier of chapter 1 (ResNet56 on CIFAR-10 in the paper profile),
     in eval mode, with its per-epoch history (training loss/accuracy, held-out accuracy)."""
     config = classifier_config(run)
+
     def build(initialise: bool) -> nn.Module:
         return network(run, "classifier", seed=run.seed, initialise=initialise)
 
