@@ -32,3 +32,4 @@ from . import adversarial_training, awp, dynat  # noqa: E402,F401  (registers th
 from . import fat, gairat, lbgat, mart  # noqa: E402,F401  (DYNAT's baselines in Table 1)
 from . import dynat_reweighted, mail  # noqa: E402,F401  (MAIL and the reweighted DYNATs of Tables 3-4)
 from . import distillation  # noqa: E402,F401  (registers the adversarial distillation trainers)
+from . import soap  # noqa: E402,F401  (SOAP-RP, Table 1's self-supervised purifier)
