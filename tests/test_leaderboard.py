@@ -18,16 +18,30 @@ def test_purifiers_face_every_threat_model_at_their_own_eps_only(profile):
     run = config.setup(profile, device="cpu", quiet=True)
     purifier_eps = run.config["purification"]["train_attack"]["eps"]
     defences = recipes.defences(run)
-    purifiers = {recipes.PURIFIER, recipes.PURIFIER_TEACHER}
+    purifiers = {recipes.PURIFIER, recipes.PURIFIER_TEACHER, recipes.SOAP}
+    assert set(recipes.PURIFIERS) == purifiers
+    compared = run.config["leaderboard"]["compared_at_purifier_eps"]
     for eps in run.config["leaderboard"]["epsilons"]:
         pairs = recipes.leaderboard_rows(run, eps)
-        assert {name for name, _ in pairs} - purifiers == set(defences) - purifiers
+        others = set(defences) - purifiers
+        if eps == purifier_eps and compared is not None:
+            others = {leaderboard.UNDEFENDED, *compared}
+        assert {name for name, _ in pairs} - purifiers == others
         assert all(threat == "white-box" for name, threat in pairs if name not in purifiers)
         student = {(recipes.PURIFIER, threat) for threat in recipes.THREATS}
-        teacher = {(recipes.PURIFIER_TEACHER, threat) for threat in recipes.THREATS if threat != "BPDA"}
-        expected = student | teacher if eps == purifier_eps else set()
+        # the AT teacher and SOAP: no BPDA row (for SOAP autograd already is BPDA)
+        others = {(name, threat) for name in (recipes.PURIFIER_TEACHER, recipes.SOAP)
+                  for threat in ("white-box", "gray-box", "transfer")}
+        expected = student | others if eps == purifier_eps else set()
         assert {pair for pair in pairs if pair[0] in purifiers} == expected
     assert purifier_eps in run.config["leaderboard"]["epsilons"]
+
+
+def test_the_defences_compared_at_the_purifiers_eps_must_exist():
+    run = config.setup("quick", device="cpu", quiet=True,
+                       overrides={"leaderboard.compared_at_purifier_eps": ["TRADES", "no such defence"]})
+    with pytest.raises(ValueError, match="no such defence"):
+        recipes.leaderboard_rows(run, 8 / 255)
 
 
 def test_autoattack_budgets_come_from_the_section():

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +25,9 @@ SIZE_SETTINGS = {"eval_subset", "cw_subset", "autoattack_subset", "epochs", "tea
                  "train_subset", "holdout", "batch_size", "cw_steps", "cw_restarts", "autoattack_iterations",
                  "square_queries", "check_subset", "check_steps", "check_square_queries",
                  "pgd_steps", "apgd_iterations",  # Table 4's evaluation attacks, as cw_steps
-                 "steps"}  # the training attack's step count, a loop bound
+                 "steps"}  # the training attack's (and SOAP's purification) step count, a loop bound
+# lists of candidates the method tries one by one (SOAP's purification budgets): the smoke run keeps some
+CANDIDATE_SETTINGS = {"budgets"}
 
 
 def _paper_value(dotted: str):
@@ -37,9 +40,13 @@ def _paper_value(dotted: str):
 @pytest.mark.parametrize("dotted", sorted(config.PAPER_SMOKE_OVERRIDES))
 def test_smoke_overrides_only_cut_sizes(dotted):
     """Each override is a size of the paper profile (an epoch count, a subset, a batch size or an
-    evaluation attack's budget) and is smaller than the paper's value (None means all images)."""
-    assert dotted.split(".")[-1] in SIZE_SETTINGS, f"{dotted} is not a size"
+    evaluation attack's budget) and is smaller than the paper's value (None means all images), or
+    keeps some of a list of candidates."""
     paper, smoke = _paper_value(dotted), config.PAPER_SMOKE_OVERRIDES[dotted]
+    if dotted.split(".")[-1] in CANDIDATE_SETTINGS:
+        assert smoke and set(smoke) < set(paper), (dotted, paper, smoke)
+        return
+    assert dotted.split(".")[-1] in SIZE_SETTINGS, f"{dotted} is not a size"
     assert isinstance(smoke, int) and smoke >= 1
     assert paper is None or smoke <= paper, (dotted, paper, smoke)
 
@@ -55,7 +62,7 @@ def test_smoke_run_is_the_paper_profile_and_says_so(tmp_path, monkeypatch):
     for dotted, value in config.PAPER_SMOKE_OVERRIDES.items():
         section, _, key = dotted.rpartition(".")
         line = next(line for line in banner.splitlines() if line.startswith(f"  {section or '(top level)'}: "))
-        assert f"{key}={value}" in line.split(": ", 1)[1].split(", "), dotted
+        assert f"{key}={value}" in re.split(r", (?=\w+=)", line.split(": ", 1)[1]), dotted
     assert run.results_dir.name == "paper-smoke-cifar10", "a smoke run never overwrites a real run's tables"
     with pytest.raises(ValueError, match="paper profile"):
         config.setup("quick", device="cpu", smoke=True, quiet=True)

@@ -22,7 +22,7 @@ from .adversarial_training import AT_METHODS, adversarial_training_config, adver
 from .classifier import classifier, classifier_config
 from .common import autoattack_examples, autoattack_key, test_set
 from .distillation import DISTILLATION_METHODS, distillation_config, distilled_student
-from .purification import purifier_config, purifier_student, purifier_teacher
+from .purification import purifier_config, purifier_student, purifier_teacher, soap_purifier, soap_purifier_config
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ def defences(run: Run) -> dict[str, Defence]:
     entries.append(Defence(PURIFIER_TEACHER, 4, lambda: Purified(purifier_teacher(run, "at")[0], classifier(run)[0]).eval(),
                            purifier_config(run, "teacher-at"),
                            lambda: purifier_teacher(run, "at")[1]))
+    entries.append(Defence(SOAP, 5, lambda: Purified(soap_purifier(run)[0], classifier(run)[0]).eval(),
+                           soap_purifier_config(run), lambda: soap_purifier(run)[1]))
     for key, method in AT_METHODS.items():
         entries.append(Defence(method.label, chapter_of(key),
                                (lambda key=key: adversarially_trained(run, key)[0]),
@@ -63,17 +65,21 @@ def defences(run: Run) -> dict[str, Defence]:
 UNDEFENDED = "undefended classifier"
 PURIFIER = "purifier (student of AT and NT)"
 PURIFIER_TEACHER = "purifier (AT teacher)"
+SOAP = "SOAP-RP purifier"
+# the purifiers, ranked at the ε they were trained for (chapter 5's)
+PURIFIERS = (PURIFIER, PURIFIER_TEACHER, SOAP)
 THREATS = PURIFIER_THREATS
 
 
 def threats_of(name: str) -> tuple[str, ...]:
     """The threat models the leaderboard scores a defence under: all four for the purifier; for its
     AT teacher all but BPDA (P is differentiable, so BPDA only shows the mechanism, which the
-    student's row does; it would cost the quick profile one more AutoAttack through f∘P); white-box
-    for every other defence."""
+    student's row does; it would cost the quick profile one more AutoAttack through f∘P); for SOAP
+    all but BPDA too (its sign steps have zero derivative, so autograd through it already is BPDA:
+    :class:`~advlib.defenses.soap.SOAPPurifier`); white-box for every other defence."""
     if name == PURIFIER:
         return THREATS
-    if name == PURIFIER_TEACHER:
+    if name in (PURIFIER_TEACHER, SOAP):
         return tuple(threat for threat in THREATS if threat != "BPDA")
     return ("white-box",)
 
@@ -117,10 +123,25 @@ def training_cost(history: list[dict[str, Any]]) -> dict[str, float]:
 
 def leaderboard_rows(run: Run, eps: float) -> list[tuple[str, str]]:
     """The (defence, threat model) pairs of the leaderboard at ``eps``: each defence under
-    :func:`threats_of` it, the purifiers at the ε they were trained for only (chapter 5's)."""
+    :func:`threats_of` it, the purifiers at the ε they were trained for only (chapter 5's). At that
+    ε the other defences are those the ``leaderboard`` section's ``compared_at_purifier_eps`` names
+    (every one when it is None), and always the undefended classifier."""
     purifier_eps = run.config["purification"]["train_attack"]["eps"]
-    return [(name, threat) for name in defences(run) for threat in threats_of(name)
-            if name not in (PURIFIER, PURIFIER_TEACHER) or abs(eps - purifier_eps) < 1e-9]
+    at_purifier_eps = abs(eps - purifier_eps) < 1e-9
+    names = list(defences(run))
+    compared = run.config["leaderboard"].get("compared_at_purifier_eps")
+    if compared is not None:
+        unknown = [name for name in compared if name not in names]
+        if unknown:
+            raise ValueError(f"leaderboard.compared_at_purifier_eps names unknown defence(s) {unknown}; "
+                             f"the book's defences are {names}")
+
+    def ranked(name: str) -> bool:
+        if name in PURIFIERS:
+            return at_purifier_eps
+        return not at_purifier_eps or compared is None or name == UNDEFENDED or name in compared
+
+    return [(name, threat) for name in names if ranked(name) for threat in threats_of(name)]
 
 
 def leaderboard(run: Run) -> list[dict[str, Any]]:
@@ -157,7 +178,7 @@ def leaderboard(run: Run) -> list[dict[str, Any]]:
 def checklist_budget(run: Run, name: str) -> float:
     """The ε the checklist attacks ``name`` at: the one it was trained for (chapter 5's for the
     purifiers, the adversarial chapters' for the others)."""
-    if name in (PURIFIER, PURIFIER_TEACHER):
+    if name in PURIFIERS:
         return run.config["purification"]["train_attack"]["eps"]
     return run.config["leaderboard"]["epsilons"][-1]
 
@@ -253,7 +274,7 @@ def precompute(run: Run, names: Iterable[str] | None = None, checklists: bool = 
     jobs = evaluation_jobs(run, names, checklists)
     todo = [job for job in jobs if not job_path(run, job).exists()]
     started = time.time()
-    todo.sort(key=lambda job: (job[1] not in (PURIFIER, PURIFIER_TEACHER), job[0] == "checklist"))
+    todo.sort(key=lambda job: (job[1] not in PURIFIERS, job[0] == "checklist"))
     with cache.quietly():
         for job in todo:
             if job[0] == "checklist":

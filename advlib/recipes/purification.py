@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from .. import attacks, cache, data, defenses, distributed, papers
-from ..attacks.primitives import project_linf
+from ..defenses import soap
+from ..attacks.primitives import in_mode, project_linf
 from ..config import PURIFICATION_ATTACKS, Run
 from ..evaluation import Purified, accuracy, gray_box, predict
 from ..training import fit
 from .classifier import classifier, classifier_config
-from .common import network, test_set
+from .common import network, test_set, training_data
 
 _PURIFIER_TRAINING_KEYS = ("autoencoder", "batch_size", "optimizer", "schedule")
 
@@ -156,6 +157,62 @@ def purifier_config(run: Run, role: str) -> dict[str, Any]:
     return _purifier_config(run, role, _student_extra(run, teachers), spec["student_epochs"])
 
 
+def soap_config(run: Run) -> dict[str, Any]:
+    """What determines SOAP-RP's network g (the cache key of :func:`soap_network`); the purification
+    settings (budgets, step, steps) only wrap it."""
+    spec = {k: v for k, v in run.config["purification"]["soap"].items() if k not in SOAP_PURIFICATION_KEYS}
+    return {"role": "soap-rp", "dataset": run.dataset, "seed": run.seed, **spec}
+
+
+SOAP_PURIFICATION_KEYS = ("budgets", "step_size", "steps")
+
+
+def soap_network(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """SOAP-RP's network g (Shi et al. 2021, Eq. 2 and 7): classification and rotation prediction
+    trained jointly on Gaussian-noised clean training images (:class:`~advlib.defenses.soap.SOAPTrainingLoss`),
+    with its held-out class and rotation accuracy after each epoch."""
+    config = soap_config(run)
+
+    def build(initialise: bool) -> nn.Module:
+        return network(run, "soap", seed=run.seed, initialise=initialise)
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        loader, x_val, y_val = training_data(run, config)
+
+        def evaluate(net: nn.Module) -> dict[str, float]:
+            rotated, targets = soap.rotations(x_val)
+            with torch.no_grad(), in_mode(net, "eval"):
+                rotation_correct = net.rotation_logits(rotated).argmax(1) == targets
+            return {"val_acc": accuracy(net, x_val, y_val), "val_rotation_acc": rotation_correct.float().mean().item()}
+
+        trainer = defenses.build("soap-rp", alpha=config["alpha"], noise_sigma=config["noise_sigma"], seed=run.seed)
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"], schedule=config["schedule"],
+                   loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate, desc="soap-rp",
+                   sync_batchnorm=run.sync_batchnorm)
+
+    model, history = cache.load_or_train("soap-rp", config, build, train)
+    return model.eval(), history
+
+
+def soap_purifier_config(run: Run) -> dict[str, Any]:
+    """What determines SOAP-RP as a purifier: g's configuration and the purification settings."""
+    spec = run.config["purification"]["soap"]
+    return {**soap_config(run), **{key: spec[key] for key in SOAP_PURIFICATION_KEYS}}
+
+
+def soap_purifier(run: Run) -> tuple[soap.SOAPPurifier, list[dict[str, Any]]]:
+    """SOAP-RP as a purifier (:class:`~advlib.defenses.soap.SOAPPurifier`): :func:`soap_network` with
+    the profile's budgets ε_pfy, step size and number of steps (Sec. 4: 5 steps of 4/255 on CIFAR-10),
+    and g's training history."""
+    spec = run.config["purification"]["soap"]
+    net, history = soap_network(run)
+    return soap.SOAPPurifier(net, spec["budgets"], spec["step_size"], spec["steps"]).eval(), history
+
+
+# Table 1's baseline purifiers, as the paper names its columns: computed beside "ours" when
+# :func:`gray_box_tables` is given them
+TABLE1_BASELINES = ("SOAP",)
+
 # Table 2's rows, and the purifier each is measured on (as named in :func:`gray_box_tables`).
 ABLATION = {"AT teacher, no KD": "AT teacher, no KD", "KD from AT": "KD from AT", "KD from NT": "KD from NT",
             "KD from AT and NT": "ours"}
@@ -166,8 +223,9 @@ def gray_box_tables(run: Run, purifiers: dict[str, nn.Module]) -> tuple[dict[str
     every attack of Sec. 4.1 crafted on the chapter-1 classifier alone, on the profile's test images
     (AutoAttack on the first ``autoattack_subset``, with the section's ``autoattack_iterations`` and
     ``square_queries``: the reference's, cut in the smoke run), scored through each of ``purifiers`` (which
-    must hold ``"ours"`` and the ablation's purifiers of :data:`ABLATION`). Accuracies in %, next to
-    the paper's; both tables are written to the results folder."""
+    must hold ``"ours"`` and the ablation's purifiers of :data:`ABLATION`; those of
+    :data:`TABLE1_BASELINES` it holds are Table 1's computed columns). Accuracies in %, next to the
+    paper's; both tables are written to the results folder."""
     spec = run.config["purification"]
     model, _ = classifier(run)
     x, y = test_set(run, spec["eval_subset"])
@@ -180,11 +238,13 @@ def gray_box_tables(run: Run, purifiers: dict[str, nn.Module]) -> tuple[dict[str
     def percent(value: float) -> float:
         return round(100 * value, 2)
 
-    table1 = {row: {"no defence": percent(r["no defence"]), "ours": percent(r["ours"]), "images": r["images"],
+    table1 = {row: {"no defence": percent(r["no defence"]), "ours": percent(r["ours"]),
+                    **{name: percent(r[name]) for name in TABLE1_BASELINES if name in purifiers}, "images": r["images"],
                     **{f"paper: {k}": v for k, v in papers.PURIFICATION_TABLE1[row].items()}}
               for row, r in table.items()}
+    others = [name for name in purifiers if name not in ABLATION.values() and name not in TABLE1_BASELINES]
     table2 = {row: {**{name: percent(r[column]) for name, column in ABLATION.items()},
-                    **{name: percent(r[name]) for name in purifiers if name not in ABLATION.values()},
+                    **{name: percent(r[name]) for name in others},
                     **{f"paper: {name}": papers.PURIFICATION_TABLE2[name][row] for name in ABLATION},
                     "images": r["images"]}
               for row, r in table.items() if row != "Original"}
