@@ -26,6 +26,7 @@ RECIPES: dict[str, Callable[..., Any]] = {
     "classifier": recipes.classifier,
     "purifier-teacher": recipes.purifier_teacher,
     "purifier-student": lambda run, *teachers: recipes.purifier_student(run, tuple(teachers) or ("at", "nt")),
+    "soap": recipes.soap_network,
     "at": recipes.adversarially_trained,
     "distilled": lambda run, method, seed=None: recipes.distilled_student(run, method, None if seed is None
                                                                           else int(seed)),

@@ -37,6 +37,19 @@ def test_purifiers_face_every_threat_model_at_their_own_eps_only(profile):
     assert purifier_eps in run.config["leaderboard"]["epsilons"]
 
 
+def test_every_purified_defence_is_keyed_by_its_classifier_too():
+    """f∘P is scored, so a purifier's cached attacks must change when f does."""
+    run = config.setup("quick", device="cpu", quiet=True)
+    other = config.setup("quick", device="cpu", quiet=True, overrides={"classifier.epochs": 2})
+    for name in recipes.PURIFIERS:
+        assert recipes.defences(run)[name].config != recipes.defences(other)[name].config, name
+
+
+def test_soap_can_be_trained_by_torchrun():
+    from advlib.train import RECIPES
+    assert RECIPES["soap"] is recipes.soap_network
+
+
 def test_the_defences_compared_at_the_purifiers_eps_must_exist():
     run = config.setup("quick", device="cpu", quiet=True,
                        overrides={"leaderboard.compared_at_purifier_eps": ["TRADES", "no such defence"]})

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlib import models
-from advlib.defenses import build
+from advlib.defenses import build, soap
 from advlib.defenses.soap import (SOAPNetwork, SOAPPurifier, rotation_purification_loss, rotation_training_loss,
                                   rotations)
 
@@ -74,13 +74,18 @@ def test_soap_training_loss_is_the_class_loss_plus_alpha_times_the_rotation_loss
     assert logits.shape == (5, 10)
 
 
-def test_soap_training_noise_is_seeded_by_epoch_and_clipped():
+def test_soap_training_noise_is_seeded_by_epoch_and_clipped(monkeypatch):
     net = tiny_network().eval()
     x, y = torch.ones(4, 1, 32, 32), torch.zeros(4, dtype=torch.long)
     first = build("soap-rp", noise_sigma=0.5, seed=1)(net, x, y, 2)[0]
     again = build("soap-rp", noise_sigma=0.5, seed=1)(net, x, y, 2)[0]
     other_epoch = build("soap-rp", noise_sigma=0.5, seed=1)(net, x, y, 3)[0]
     assert first.item() == again.item() and first.item() != other_epoch.item()
+    seen = []
+    monkeypatch.setattr(soap, "rotations", lambda images: (seen.append(images) or rotations(images)))
+    build("soap-rp", noise_sigma=0.5, seed=1)(net, x, y, 2)
+    noisy = seen[0]
+    assert noisy.max() == 1.0 and noisy.min() >= 0.0 and (noisy < 1.0).any()  # noise added, then clipped
 
 
 @pytest.mark.parametrize("bad", [{"alpha": -1.0}, {"noise_sigma": -0.1}])
@@ -99,13 +104,24 @@ def test_the_rotation_head_sits_beside_the_class_head():
         SOAPNetwork(nn.Sequential(nn.Conv2d(1, 1, 3)))
 
 
-def test_purified_images_stay_in_the_largest_budget_and_in_range():
+def test_purified_images_stay_in_their_own_budget_and_in_range():
     purifier = SOAPPurifier(tiny_network(), [0, 2 / 255, 6 / 255], step_size=4 / 255, steps=3)
     x = torch.rand(6, 1, 32, 32)
     x[0] = 0.0  # at the edge of the range, where the clip matters
     purified = purifier(x)
-    assert (purified - x).abs().max() <= 6 / 255 + 1e-6
+    budgets = purifier.chosen_budgets(x).float()
+    assert ((purified - x).abs().flatten(1).amax(1) <= budgets + 1e-6).all()
     assert purified.min() >= 0 and purified.max() <= 1
+
+
+def test_purifying_in_chunks_changes_nothing(monkeypatch):
+    purifier = SOAPPurifier(tiny_network(2), [0, 2 / 255, 6 / 255], step_size=2 / 255, steps=2)
+    x = torch.rand(7, 1, 32, 32)
+    whole_images, whole_losses = purifier.purify_all(x)
+    monkeypatch.setattr(soap, "PASS_IMAGES", 2 * 4 * 3)  # three images per backward pass
+    images, losses = purifier.purify_all(x)
+    assert torch.allclose(images, whole_images, atol=1e-6) and torch.allclose(losses, whole_losses, atol=1e-6)
+    assert purifier.purify_all(x[:0])[0].shape == (3, 0, 1, 32, 32)
 
 
 def test_each_image_keeps_the_smallest_budget_that_minimises_its_auxiliary_loss():
@@ -165,3 +181,15 @@ def test_the_purifier_refuses_bad_settings(budgets, step, steps):
 def test_the_network_stays_in_eval_mode_inside_the_purifier():
     purifier = SOAPPurifier(tiny_network(), [0.0], 1 / 255, 1).train()
     assert not purifier.network.training
+
+
+def test_an_evaluation_attacks_the_purifier_unfolded():
+    """torch.fx cannot trace the purification, so ``folded`` (chapters 10-11) returns it as it is."""
+    from advlib.evaluation import Purified
+    from advlib.evaluation.protocols import folded
+    purifier = SOAPPurifier(tiny_network(), [0, 4 / 255], 4 / 255, 2)
+    classifier = models.build("small_cnn", 10, 1, width=4).eval()
+    model = folded(Purified(purifier, classifier).eval())
+    assert model.purifier is purifier
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.allclose(model(x), classifier(purifier(x)), atol=1e-5)

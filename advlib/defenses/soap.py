@@ -24,16 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks.primitives import input_gradient, project_linf
 from . import DEFENSES
 from .adversarial_training import EpochSeeded
 
 ROTATIONS = 4
+# the most images g sees in one backward pass of the purification (budgets × rotations × images):
+# all five budgets of the paper profile on a batch of 500 would be 10 000 ResNet-18 passes at once
+PASS_IMAGES = 2048
 
 
 class SOAPNetwork(nn.Module):
-    """g: a classifier's feature extractor with two linear heads on its pooled features, the main
-    task's (``classify``) and rotation prediction's (``rotation``, the "simple linear classifier" h
-    of Sec. 3.4). ``forward`` returns the class logits."""
+    """g: a classifier's feature extractor with two linear heads on its penultimate features (pooled
+    in the ResNets, flattened in the small CNN), the main task's (``classify``) and rotation
+    prediction's (``rotation``, the "simple linear classifier" h of Sec. 3.4). ``forward`` returns
+    the class logits."""
 
     def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
@@ -118,10 +123,10 @@ class SOAPPurifier(nn.Module):
     budget whose purified image has the least auxiliary loss (``ε_min-aux``, Sec. 3.3).
 
     The steps see ``x`` detached, and the output carries the identity's gradient with respect to
-    ``x``: sign(·) and the argmin over budgets are piecewise constant, so the exact derivative of the
-    purification is zero almost everywhere (and the identity's where the range does not clip), and
-    an attacker needs the backward-pass approximation of Athalye et al. (2018, BPDA) anyway. Autograd
-    through P is therefore BPDA, which chapter 10 checks. ``network`` is kept in eval mode."""
+    ``x``, everywhere: that is BPDA (Athalye et al. 2018), the standard attack on SOAP. δ(x), made of
+    sign(·) steps and an argmin over budgets, is piecewise constant, so its derivative is zero
+    almost everywhere, and the exact derivative of P differs from the identity only where the [0, 1]
+    clip binds (there it is zero). ``network`` is kept in eval mode."""
 
     def __init__(self, network: SOAPNetwork, budgets: Sequence[float], step_size: float, steps: int) -> None:
         super().__init__()
@@ -145,20 +150,25 @@ class SOAPPurifier(nn.Module):
 
     def purify_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """For every budget, the purified images and their auxiliary losses: ``(B, N, C, H, W)`` and
-        ``(B, N)``; the positive budgets are purified together, in one batch."""
+        ``(B, N)``. The positive budgets are purified together, a chunk of images at a time, so that
+        g never sees more than :data:`PASS_IMAGES` images in one backward pass."""
         x = x.detach()
+        per_image = ROTATIONS * max(1, sum(b > 0 for b in self.budgets))
+        chunk = max(1, PASS_IMAGES // per_image)
+        parts = [self._purify_chunk(x[start:start + chunk]) for start in range(0, len(x), chunk)] or [
+            self._purify_chunk(x)]
+        return torch.cat([images for images, _ in parts], 1), torch.cat([losses for _, losses in parts], 1)
+
+    def _purify_chunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         positive = [b for b in self.budgets if b > 0]
         shape = [1] * (x.dim() - 1)
         start = x.repeat(len(positive), *shape)
         budget = torch.tensor(positive, device=x.device, dtype=x.dtype).repeat_interleave(len(x)).view(-1, *shape)
-        delta = torch.zeros_like(start)
-        with torch.enable_grad():
-            for _ in range(self.steps if positive else 0):
-                delta.requires_grad_(True)
-                gradient, = torch.autograd.grad(self.auxiliary_loss(start + delta).sum(), delta)
-                delta = torch.maximum(torch.minimum(delta.detach() - self.step_size * gradient.sign(), budget), -budget)
-                delta = (start + delta).clamp(0, 1) - start
-        purified = torch.cat([x] * (len(self.budgets) - len(positive)) + [start + delta])
+        current = start
+        for _ in range(self.steps if positive else 0):
+            gradient = input_gradient(lambda images: self.auxiliary_loss(images).sum(), current)
+            current = project_linf(current - self.step_size * gradient.sign(), start, budget)
+        purified = torch.cat([x] * (len(self.budgets) - len(positive)) + [current])
         with torch.no_grad():
             losses = self.auxiliary_loss(purified)
         return purified.view(len(self.budgets), *x.shape), losses.view(len(self.budgets), len(x))

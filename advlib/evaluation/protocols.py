@@ -76,7 +76,8 @@ def folded(model: nn.Module) -> nn.Module:
         return type(model)(folded(model.purifier), folded(model.classifier)).eval()
     try:
         fused = fuse(copy.deepcopy(model).eval())
-    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError):  # data-dependent control flow
+    # data-dependent control flow, or len() of a traced tensor (SOAP's purification)
+    except (torch.fx.proxy.TraceError, TypeError, NotImplementedError, RuntimeError):
         return model
     return prepare_model(fused, next(model.parameters()).device).eval()
 

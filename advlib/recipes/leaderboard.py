@@ -51,7 +51,8 @@ def defences(run: Run) -> dict[str, Defence]:
                            purifier_config(run, "teacher-at"),
                            lambda: purifier_teacher(run, "at")[1]))
     entries.append(Defence(SOAP, 5, lambda: Purified(soap_purifier(run)[0], classifier(run)[0]).eval(),
-                           soap_purifier_config(run), lambda: soap_purifier(run)[1]))
+                           {**soap_purifier_config(run), "classifier": classifier_config(run)},
+                           lambda: soap_purifier(run)[1]))
     for key, method in AT_METHODS.items():
         entries.append(Defence(method.label, chapter_of(key),
                                (lambda key=key: adversarially_trained(run, key)[0]),

@@ -190,7 +190,7 @@ def soap_network(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
                    loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate, desc="soap-rp",
                    sync_batchnorm=run.sync_batchnorm)
 
-    model, history = cache.load_or_train("soap-rp", config, build, train)
+    model, history = cache.load_or_train("soap-rp", config, build, train, launch=distributed.launcher(run, "soap"))
     return model.eval(), history
 
 
