@@ -109,7 +109,7 @@ def test_purified_images_stay_in_their_own_budget_and_in_range():
     x = torch.rand(6, 1, 32, 32)
     x[0] = 0.0  # at the edge of the range, where the clip matters
     purified = purifier(x)
-    budgets = purifier.chosen_budgets(x).float()
+    budgets = torch.tensor(purifier.budgets)[purifier.choose(x)[1]]
     assert ((purified - x).abs().flatten(1).amax(1) <= budgets + 1e-6).all()
     assert purified.min() >= 0 and purified.max() <= 1
 
@@ -131,10 +131,10 @@ def test_each_image_keeps_the_smallest_budget_that_minimises_its_auxiliary_loss(
     purifier = SOAPPurifier(net, budgets, step_size=2 / 255, steps=4)
     # each budget on its own, as a separate purifier: the loss its purified images reach
     alone = torch.stack([SOAPPurifier(net, [b], step_size=2 / 255, steps=4).purify_all(x)[1][0] for b in budgets])
-    chosen = purifier.chosen_budgets(x)
+    _, chosen, reached = purifier.choose(x)
     best = alone.min(0).values
-    for i, budget in enumerate(chosen.tolist()):
-        k = budgets.index(budget)
+    assert torch.allclose(reached, best, atol=1e-6)
+    for i, k in enumerate(chosen.tolist()):
         assert alone[k, i] == pytest.approx(best[i].item(), abs=1e-6)
         assert all(alone[j, i] > best[i] + 1e-7 for j in range(k))
     # the budget 0 is among the candidates, so purification never raises the auxiliary loss
@@ -167,8 +167,7 @@ def test_autograd_through_the_purifier_is_bpda():
     weights = torch.randn(3, 1, 32, 32)
     gradient, = torch.autograd.grad((purifier(x) * weights).sum(), x)
     assert torch.equal(gradient, weights)
-    purified, losses = purifier.purify_all(x)  # and the values are the purified images, unchanged
-    assert torch.equal(purifier(x).detach(), purified[losses.argmin(0), torch.arange(3)])
+    assert torch.equal(purifier(x).detach(), purifier.choose(x)[0])  # and the values are the purified images
 
 
 @pytest.mark.parametrize("budgets, step, steps", [([], 1.0, 1), ([2 / 255, 1 / 255], 1.0, 1), ([1 / 255, 1 / 255], 1.0, 1), ([-1.0], 1.0, 1),

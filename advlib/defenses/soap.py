@@ -173,13 +173,15 @@ class SOAPPurifier(nn.Module):
             losses = self.auxiliary_loss(purified)
         return purified.view(len(self.budgets), *x.shape), losses.view(len(self.budgets), len(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def choose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each image of ``x`` purified with its ε_min-aux, the index of that budget in ``budgets``
+        and the auxiliary loss it reached (all detached)."""
         purified, losses = self.purify_all(x)
         chosen = losses.argmin(0)  # the first minimum: the smallest budget among equals
-        # the purified values, with the identity's gradient with respect to x (x − x.detach() is 0)
-        return purified[chosen, torch.arange(len(x), device=x.device)] + (x - x.detach())
+        images = torch.arange(len(x), device=x.device)
+        return purified[chosen, images], chosen, losses[chosen, images]
 
-    def chosen_budgets(self, x: torch.Tensor) -> torch.Tensor:
-        """The ε_pfy each image of ``x`` is purified with."""
-        _, losses = self.purify_all(x)
-        return torch.tensor(self.budgets, dtype=torch.float64, device=x.device)[losses.argmin(0)]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        purified, _, _ = self.choose(x)
+        # the purified values, with the identity's gradient with respect to x (x − x.detach() is 0)
+        return purified + (x - x.detach())

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from .. import attacks, cache, data, defenses, distributed, papers
-from ..defenses import soap
 from ..attacks.primitives import in_mode, project_linf
+from ..defenses import soap
 from ..config import PURIFICATION_ATTACKS, Run
 from ..evaluation import Purified, accuracy, gray_box, predict
 from ..training import fit
@@ -157,14 +157,14 @@ def purifier_config(run: Run, role: str) -> dict[str, Any]:
     return _purifier_config(run, role, _student_extra(run, teachers), spec["student_epochs"])
 
 
+SOAP_PURIFICATION_KEYS = ("budgets", "step_size", "steps")
+
+
 def soap_config(run: Run) -> dict[str, Any]:
     """What determines SOAP-RP's network g (the cache key of :func:`soap_network`); the purification
     settings (budgets, step, steps) only wrap it."""
     spec = {k: v for k, v in run.config["purification"]["soap"].items() if k not in SOAP_PURIFICATION_KEYS}
     return {"role": "soap-rp", "dataset": run.dataset, "seed": run.seed, **spec}
-
-
-SOAP_PURIFICATION_KEYS = ("budgets", "step_size", "steps")
 
 
 def soap_network(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
@@ -180,10 +180,13 @@ def soap_network(run: Run) -> tuple[nn.Module, list[dict[str, Any]]]:
         loader, x_val, y_val = training_data(run, config)
 
         def evaluate(net: nn.Module) -> dict[str, float]:
-            rotated, targets = soap.rotations(x_val)
+            rotated, targets = soap.rotations(x_val)  # the first len(x_val) are x_val itself
             with torch.no_grad(), in_mode(net, "eval"):
-                rotation_correct = net.rotation_logits(rotated).argmax(1) == targets
-            return {"val_acc": accuracy(net, x_val, y_val), "val_rotation_acc": rotation_correct.float().mean().item()}
+                features = net.features(rotated)
+                class_correct = net.classify(features[:len(x_val)]).argmax(1) == y_val
+                rotation_correct = net.rotation(features).argmax(1) == targets
+            return {"val_acc": class_correct.float().mean().item(),
+                    "val_rotation_acc": rotation_correct.float().mean().item()}
 
         trainer = defenses.build("soap-rp", alpha=config["alpha"], noise_sigma=config["noise_sigma"], seed=run.seed)
         return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"], schedule=config["schedule"],
