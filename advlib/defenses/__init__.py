@@ -33,3 +33,4 @@ from . import fat, gairat, lbgat, mart  # noqa: E402,F401  (DYNAT's baselines in
 from . import dynat_reweighted, mail  # noqa: E402,F401  (MAIL and the reweighted DYNATs of Tables 3-4)
 from . import distillation  # noqa: E402,F401  (registers the adversarial distillation trainers)
 from . import soap  # noqa: E402,F401  (SOAP-RP, Table 1's self-supervised purifier)
+from . import nrp  # noqa: E402,F401  (NRP, Table 1's feature-space purifier)
