@@ -56,7 +56,10 @@ PROFILES: dict[str, dict[str, Any]] = {
                     "square_queries": 5000},
         "purification": {
             "autoencoder": {"width": 32, "blocks": 5, "skip_every": 2, "stride": 2},
-            "train_subset": 5000, "batch_size": 128, "teacher_epochs": 4, "student_epochs": 4,
+            # 3 epochs each, for the CI budget: the student kept 68.5 % under PGD8 (400 test images) as
+            # with 4, at 86.0 % clean accuracy instead of 87.5 %, and the seven trainings of chapters 3-5
+            # took about 50 s less
+            "train_subset": 5000, "batch_size": 128, "teacher_epochs": 3, "student_epochs": 3,
             # Adam at the paper's 0.01 is unstable for a few hundred steps on the CPU subset
             "optimizer": {"name": "adam", "lr": 0.002},
             "schedule": {"interpolate": "linear", "points": [[0.0, 1.0], [1.0, 0.1]]},
