@@ -54,6 +54,7 @@ TRAINED_MODEL_KINDS = ("classifier", "purifier", "at", "distilled")
 CODE_DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "purifier-pairs": ("classifier",),
     "purifier": ("classifier",),  # the teachers and students are trained through the frozen classifier
+    "nrp": ("classifier",),  # NRP is trained on the purifiers' pairs, crafted on the classifier
     "distilled": ("at",),  # chapter 6's TRADES model is the students' teacher
     "at-evaluation": ("at",),
     "distillation-evaluation": ("at", "distilled"),

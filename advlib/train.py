@@ -27,6 +27,7 @@ RECIPES: dict[str, Callable[..., Any]] = {
     "purifier-teacher": recipes.purifier_teacher,
     "purifier-student": lambda run, *teachers: recipes.purifier_student(run, tuple(teachers) or ("at", "nt")),
     "soap": recipes.soap_network,
+    "nrp": recipes.nrp_purifier,
     "at": recipes.adversarially_trained,
     "distilled": lambda run, method, seed=None: recipes.distilled_student(run, method, None if seed is None
                                                                           else int(seed)),

@@ -186,14 +186,19 @@ def select(notebooks: list[Path], chapters: list[str] | None) -> list[Path]:
 
 def prepare_smoke_home() -> Path:
     """``_build/paper-smoke/`` as advlib's home, with synthetic CIFAR-10 and CIFAR-100 written in the
-    archives' on-disk format into its data folder (no network)."""
+    archives' on-disk format into its data folder and random weights in the shape of VGG-16's first
+    layers in its torch hub cache, where NRP looks for the ImageNet ones (no network)."""
     from advlib import data
+    from advlib.defenses import nrp
 
     home = ROOT / "_build" / "paper-smoke"
     os.environ["ADVLIB_HOME"] = str(home)
     os.environ.pop("ADVLIB_DATA", None)
     for name in ("cifar10", "cifar100"):
         data.write_synthetic_cifar(home / "data", name, **SMOKE_DATA)
+    os.environ["TORCH_HOME"] = str(home / "torch")  # NRP's VGG-16: random stand-in weights, no download
+    if not nrp.vgg16_weights_path().exists():
+        nrp.write_stand_in_vgg16_weights()
     return home
 
 

@@ -18,7 +18,7 @@ def test_purifiers_face_every_threat_model_at_their_own_eps_only(profile):
     run = config.setup(profile, device="cpu", quiet=True)
     purifier_eps = run.config["purification"]["train_attack"]["eps"]
     defences = recipes.defences(run)
-    purifiers = {recipes.PURIFIER, recipes.PURIFIER_TEACHER, recipes.SOAP}
+    purifiers = {recipes.PURIFIER, recipes.PURIFIER_TEACHER, recipes.SOAP, recipes.NRP}
     assert set(recipes.PURIFIERS) == purifiers
     compared = run.config["leaderboard"]["compared_at_purifier_eps"]
     for eps in run.config["leaderboard"]["epsilons"]:
@@ -28,7 +28,7 @@ def test_purifiers_face_every_threat_model_at_their_own_eps_only(profile):
             others = {leaderboard.UNDEFENDED, *compared}
         assert {name for name, _ in pairs} - purifiers == others
         assert all(threat == "white-box" for name, threat in pairs if name not in purifiers)
-        student = {(recipes.PURIFIER, threat) for threat in recipes.THREATS}
+        student = {(name, threat) for name in (recipes.PURIFIER, recipes.NRP) for threat in recipes.THREATS}
         # the AT teacher and SOAP: no BPDA row (for SOAP autograd already is BPDA)
         others = {(name, threat) for name in (recipes.PURIFIER_TEACHER, recipes.SOAP)
                   for threat in ("white-box", "gray-box", "transfer")}
@@ -45,9 +45,10 @@ def test_every_purified_defence_is_keyed_by_its_classifier_too():
         assert recipes.defences(run)[name].config != recipes.defences(other)[name].config, name
 
 
-def test_soap_can_be_trained_by_torchrun():
+def test_soap_and_nrp_can_be_trained_by_torchrun():
     from advlib.train import RECIPES
     assert RECIPES["soap"] is recipes.soap_network
+    assert RECIPES["nrp"] is recipes.nrp_purifier
 
 
 def test_the_defences_compared_at_the_purifiers_eps_must_exist():

@@ -25,6 +25,7 @@ SIZE_SETTINGS = {"eval_subset", "cw_subset", "autoattack_subset", "epochs", "tea
                  "train_subset", "holdout", "batch_size", "cw_steps", "cw_restarts", "autoattack_iterations",
                  "square_queries", "check_subset", "check_steps", "check_square_queries",
                  "pgd_steps", "apgd_iterations",  # Table 4's evaluation attacks, as cw_steps
+                 "images_per_epoch",  # the training images an epoch takes (NRP's)
                  "steps"}  # the training attack's (and SOAP's purification) step count, a loop bound
 # lists of candidates the method tries one by one (SOAP's purification budgets): the smoke run keeps some
 CANDIDATE_SETTINGS = {"budgets"}

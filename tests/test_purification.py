@@ -334,16 +334,16 @@ def test_student_trainer_in_logit_space_distils_the_classifiers_view():
     assert pixels(nn.Identity(), x, y, 0, x_adv)[1] is None
 
 
-def test_table_1_computes_the_soap_column_and_table_2_leaves_it_out(monkeypatch, tmp_path):
-    """gray_box_tables turns the protocol's accuracies into Table 1 (with a computed "SOAP" column
-    beside the quoted "paper: SOAP") and Table 2 (the ablation, without SOAP)."""
+def test_table_1_computes_the_baselines_columns_and_table_2_leaves_them_out(monkeypatch, tmp_path):
+    """gray_box_tables turns the protocol's accuracies into Table 1 (with computed "NRP" and "SOAP"
+    columns beside the quoted "paper: NRP" and "paper: SOAP") and Table 2 (the ablation, without them)."""
     import importlib
 
     recipe = importlib.import_module("advlib.recipes.purification")
     monkeypatch.setenv("ADVLIB_HOME", str(tmp_path))
     rows = ["Original", "PGD8", "PGD16", "FGSM", "BIM", "CW", "AA"]
     accuracies = {"no defence": 0.1, "ours": 0.5, "AT teacher, no KD": 0.4, "KD from AT": 0.3, "KD from NT": 0.2,
-                  "SOAP": 0.25}
+                  "SOAP": 0.25, "NRP": 0.35}
     monkeypatch.setattr(recipe, "classifier", lambda run: (nn.Identity(), []))
     monkeypatch.setattr(recipe, "test_set", lambda run, n: (torch.rand(2, 1, 4, 4), torch.tensor([0, 1])))
     monkeypatch.setattr(recipe, "gray_box", lambda *args, **kwargs: {row: {**accuracies, "images": 2} for row in rows})
@@ -352,5 +352,6 @@ def test_table_1_computes_the_soap_column_and_table_2_leaves_it_out(monkeypatch,
     table1, table2 = recipe.gray_box_tables(run, purifiers)
     assert table1["PGD8"]["SOAP"] == 25.0 and table1["PGD8"]["paper: SOAP"] == 39.14
     assert table1["PGD8"]["ours"] == 50.0 and table1["AA"]["no defence"] == 10.0
-    assert all("SOAP" not in row for row in table2.values())
+    assert table1["CW"]["NRP"] == 35.0 and table1["PGD8"]["paper: NRP"] == 35.07
+    assert all("SOAP" not in row and "NRP" not in row for row in table2.values())
     assert table2["PGD8"]["KD from AT and NT"] == 50.0

@@ -10,6 +10,7 @@ from torch import nn
 
 from .. import cache, data, models
 from ..config import Run, prepare_model
+from ..defenses.nrp import Critic, NRPNetwork, NRPTraining
 from ..defenses.soap import SOAPNetwork
 from ..evaluation import accuracy, predict, transfer_rate
 from ..evaluation.protocols import BPDAPurified, autoattack_standard, craft, folded
@@ -31,7 +32,8 @@ class Method:
 # role -> (profile section, key of the architecture in it)
 NETWORK_ROLES = {"classifier": ("classifier", None), "purifier": ("purification", "autoencoder"),
                  "target": ("adversarial_training", "target"), "guide": ("adversarial_training", "guide"),
-                 "student": ("distillation", "student"), "soap": ("purification", "soap")}
+                 "student": ("distillation", "student"), "soap": ("purification", "soap"),
+                 "nrp": ("purification", "nrp")}
 
 
 def network(run: Run, role: str, *, seed: int | None = None, initialise: bool = True,
@@ -39,7 +41,8 @@ def network(run: Run, role: str, *, seed: int | None = None, initialise: bool = 
     """A freshly initialised network for ``role`` in ``run``'s profile, on the run's device: the
     chapter-1 ``"classifier"``, the ``"purifier"`` autoencoder (chapters 3-5), the adversarially
     trained ``"target"`` and DYNAT's ``"guide"`` (chapters 6, 8 and 9), the distilled ``"student"``
-    (chapter 7), SOAP's two-headed ``"soap"`` network (chapter 5). ``architecture`` overrides the
+    (chapter 7), SOAP's two-headed ``"soap"`` network and NRP's purifier with its critic (``"nrp"``,
+    chapter 5). ``architecture`` overrides the
     profile's settings (e.g. ``skips=False``); one that names
     an ``arch`` replaces them (a method's own network in the paper profile).
 
@@ -70,6 +73,9 @@ def _architecture(run: Run, role: str, architecture: dict[str, Any]) -> nn.Modul
         return models.for_dataset(spec["arch"], run.dataset)
     if role == "purifier":
         return models.build("cae", in_channels=meta.in_channels, **{**spec[key], **architecture})
+    if role == "nrp":
+        settings = {**spec[key]["purifier"], **architecture}
+        return NRPTraining(NRPNetwork(meta.in_channels, **settings), Critic(meta.in_channels, **spec[key]["critic"]))
     if role == "soap":
         settings = {**spec[key]["network"], **architecture}
         return SOAPNetwork(models.for_dataset(settings.pop("arch"), run.dataset, **settings))

@@ -22,7 +22,8 @@ from .adversarial_training import AT_METHODS, adversarial_training_config, adver
 from .classifier import classifier, classifier_config
 from .common import autoattack_examples, autoattack_key, test_set
 from .distillation import DISTILLATION_METHODS, distillation_config, distilled_student
-from .purification import purifier_config, purifier_student, purifier_teacher, soap_purifier, soap_purifier_config
+from .purification import (nrp_config, nrp_purifier, purifier_config, purifier_student, purifier_teacher, soap_purifier,
+                           soap_purifier_config)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ def defences(run: Run) -> dict[str, Defence]:
     entries.append(Defence(SOAP, 5, lambda: Purified(soap_purifier(run)[0], classifier(run)[0]).eval(),
                            {**soap_purifier_config(run), "classifier": classifier_config(run)},
                            lambda: soap_purifier(run)[1]))
+    entries.append(Defence(NRP, 5, lambda: Purified(nrp_purifier(run)[0], classifier(run)[0]).eval(),
+                           {**nrp_config(run), "classifier": classifier_config(run)},
+                           lambda: nrp_purifier(run)[1]))
     for key, method in AT_METHODS.items():
         entries.append(Defence(method.label, chapter_of(key),
                                (lambda key=key: adversarially_trained(run, key)[0]),
@@ -67,18 +71,20 @@ UNDEFENDED = "undefended classifier"
 PURIFIER = "purifier (student of AT and NT)"
 PURIFIER_TEACHER = "purifier (AT teacher)"
 SOAP = "SOAP-RP purifier"
+NRP = "NRP purifier"
 # the purifiers, ranked at the ε they were trained for (chapter 5's)
-PURIFIERS = (PURIFIER, PURIFIER_TEACHER, SOAP)
+PURIFIERS = (PURIFIER, PURIFIER_TEACHER, SOAP, NRP)
 THREATS = PURIFIER_THREATS
 
 
 def threats_of(name: str) -> tuple[str, ...]:
-    """The threat models the leaderboard scores a defence under: all four for the purifier; for its
+    """The threat models the leaderboard scores a defence under: all four for the purifier and for
+    NRP (its published break is BPDA: Cao et al., ICLR 2024); for the purifier's
     AT teacher all but BPDA (P is differentiable, so BPDA only shows the mechanism, which the
     student's row does; it would cost the quick profile one more AutoAttack through f∘P); for SOAP
     all but BPDA too (its sign steps have zero derivative, so autograd through it already is BPDA:
     :class:`~advlib.defenses.soap.SOAPPurifier`); white-box for every other defence."""
-    if name == PURIFIER:
+    if name in (PURIFIER, NRP):
         return THREATS
     if name in (PURIFIER_TEACHER, SOAP):
         return tuple(threat for threat in THREATS if threat != "BPDA")

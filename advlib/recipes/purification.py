@@ -8,10 +8,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import attacks, cache, data, defenses, distributed, papers
+from .. import attacks, cache, data, defenses, distributed, models, papers
 from ..attacks.primitives import in_mode, project_linf
-from ..defenses import soap
-from ..config import PURIFICATION_ATTACKS, Run
+from ..defenses import nrp, soap
+from ..config import PURIFICATION_ATTACKS, Run, prepare_model
 from ..evaluation import Purified, accuracy, gray_box, predict
 from ..training import fit
 from .classifier import classifier, classifier_config
@@ -212,9 +212,86 @@ def soap_purifier(run: Run) -> tuple[soap.SOAPPurifier, list[dict[str, Any]]]:
     return soap.SOAPPurifier(net, spec["budgets"], spec["step_size"], spec["steps"]).eval(), history
 
 
+NRP_TRAINING_KEYS = ("eps", "step_size", "steps", "adversarial_weight", "pixel_weight", "feature_weight")
+
+
+def nrp_features_config(run: Run) -> dict[str, Any]:
+    """What determines NRP's feature extractor F: VGG-16's ImageNet weights (the paper profile, as
+    NRP), or a small CNN trained on the purifiers' clean training images (the quick profile)."""
+    spec = run.config["purification"]["nrp"]["features"]
+    if spec["arch"] == "vgg16":
+        return {"arch": "vgg16", "layer": "relu3_3", "weights": "imagenet"}
+    return {"role": "nrp-features", "dataset": run.dataset, "seed": run.seed,
+            "train_subset": run.config["purification"]["train_subset"], **spec}
+
+
+def nrp_feature_extractor(run: Run) -> nn.Module:
+    """NRP's fixed feature extractor F (:func:`nrp_features_config`), frozen, on the run's device."""
+    config = nrp_features_config(run)
+    if config["arch"] == "vgg16":
+        return nrp.vgg16_relu3_3().to(run.device)
+
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(run.seed)
+            return prepare_model(models.for_dataset(config["arch"], run.dataset, width=config["width"]), run.device)
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        clean = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
+        loader = data.TensorLoader(clean, config["batch_size"], shuffle=True, drop_last=True, device=run.device,
+                                   seed=run.seed)
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"], schedule=config["schedule"],
+                   checkpoint=checkpoint, desc="nrp-features")
+
+    model, _ = cache.load_or_train("nrp-features", config, build(), train)
+    return nrp.features_up_to(model, config["stages"])
+
+
+def nrp_config(run: Run) -> dict[str, Any]:
+    """What determines NRP (the cache key of :func:`nrp_purifier`): its networks, losses, SSP and
+    training, F, and the purifiers' training images and held-out PGD examples it is evaluated on."""
+    spec = run.config["purification"]["nrp"]
+    return {"role": "nrp", **_pairs_config(run), "features": nrp_features_config(run),
+            **{k: v for k, v in spec.items() if k != "features"}}
+
+
+def nrp_purifier(run: Run) -> tuple[nrp.NRPNetwork, list[dict[str, Any]]]:
+    """NRP's purifier P_θ (Naseer et al. 2020, Alg. 1: :class:`~advlib.defenses.nrp.NRPTrainingLoss`),
+    trained with its critic on SSP examples of the purifiers' clean training images (labels unused),
+    and its history: the loss terms, and after each epoch the held-out MSE of P(x') against x and
+    the accuracy of f∘P on clean images and on the held-out PGD examples crafted on f."""
+    config = nrp_config(run)
+
+    def build(initialise: bool) -> nn.Module:
+        return network(run, "nrp", seed=run.seed, initialise=initialise)
+
+    def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
+        clean, adversarial = adversarial_pairs(run)
+        rest, held_out = data.split_indices(len(clean), min(500, len(clean) // 10), run.seed)
+        x_val, y_val = clean.select(held_out).tensors(run.device)
+        x_val_adv = adversarial[held_out].to(run.device)
+        frozen_classifier, _ = classifier(run)
+        loader = data.TensorLoader(clean.select(rest), config["batch_size"], shuffle=True, drop_last=True,
+                                   device=run.device, seed=run.seed, images_per_epoch=config["images_per_epoch"])
+
+        def evaluate(trained: nn.Module) -> dict[str, float]:
+            defended = Purified(trained.purifier, frozen_classifier)
+            return {"val_mse_adv": float(((predict(trained.purifier, x_val_adv) - x_val) ** 2).mean()),
+                    "val_acc_clean": accuracy(defended, x_val, y_val),
+                    "val_acc_adv": accuracy(defended, x_val_adv, y_val)}
+
+        trainer = defenses.build("nrp", extractor=nrp_feature_extractor(run), seed=run.seed,
+                                 **{k: config[k] for k in NRP_TRAINING_KEYS})
+        return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"], schedule=config["schedule"],
+                   loss_fn=trainer, checkpoint=checkpoint, evaluate=evaluate, desc="nrp")
+
+    model, history = cache.load_or_train("nrp", config, build, train, launch=distributed.launcher(run, "nrp"))
+    return model.purifier.eval(), history
+
+
 # Table 1's baseline purifiers, as the paper names its columns: computed beside "ours" when
 # :func:`gray_box_tables` is given them
-TABLE1_BASELINES = ("SOAP",)
+TABLE1_BASELINES = ("NRP", "SOAP")
 
 # Table 2's rows, and the purifier each is measured on (as named in :func:`gray_box_tables`).
 ABLATION = {"AT teacher, no KD": "AT teacher, no KD", "KD from AT": "KD from AT", "KD from NT": "KD from NT",
