@@ -136,7 +136,7 @@ def feature_distortion(features: torch.Tensor, reference: torch.Tensor) -> torch
 
 def self_supervised_perturbation(extractor: nn.Module, x: torch.Tensor, eps: float, step_size: float, steps: int,
                                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """SSP (Sec. 3.1): x' maximising Δ(F(x), F(x')) by ``steps`` sign-gradient steps of
+    """SSP (Sec. 3): x' maximising Δ(F(x), F(x')) by ``steps`` sign-gradient steps of
     ``step_size`` from a uniform start in the ε-ball, each projected onto the ball and [0, 1]:
     x'ₜ₊₁ = Π(x'ₜ + step·sign(∇Δ)). It needs neither labels nor the classifier to be defended."""
     check_eps(eps)
@@ -223,9 +223,9 @@ def vgg16_relu3_3(weights_file: str | Path | None = None) -> nn.Module:
     ``weights_file`` or torch's hub cache, where torchvision downloads them on first use (528 MB;
     only the ``features.*`` tensors of the first 16 layers are used, so a file holding only those
     serves too)."""
-    from torchvision.models import VGG16_Weights, vgg16
+    from torchvision.models import VGG16_Weights
 
-    layers = vgg16().features[:VGG16_RELU3_3]
+    layers = _vgg16_first_layers()
     url = VGG16_Weights.IMAGENET1K_V1.url
     path = Path(weights_file) if weights_file else vgg16_weights_path()
     if not path.exists():
@@ -254,6 +254,14 @@ def features_up_to(classifier: nn.Module, stages: int) -> nn.Module:
     return nn.Sequential(normalize, *layers).eval().requires_grad_(False)
 
 
+def _vgg16_first_layers() -> nn.Sequential:
+    """torchvision's VGG-16 ``features[:16]``, built without the rest of the network (its classifier
+    alone has 120 M parameters to initialise)."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    return make_layers(cfgs["D"])[:VGG16_RELU3_3]
+
+
 def vgg16_weights_path() -> Path:
     """Where torchvision keeps VGG-16's ImageNet weights: torch's hub cache, ``$TORCH_HOME/hub/checkpoints``."""
     from torchvision.models import VGG16_Weights
@@ -265,14 +273,12 @@ def write_stand_in_vgg16_weights(path: str | Path | None = None, seed: int = 0) 
     """Randomly initialised tensors of VGG-16's first 16 feature layers, saved (atomically) at ``path``
     (default :func:`vgg16_weights_path`) under the ImageNet file's key names: what CI's paper smoke
     run and the tests load in place of the 528 MB download, which they cannot make."""
-    from torchvision.models import vgg16
-
     from ..cache import atomic_save
 
     path = Path(path) if path else vgg16_weights_path()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layers = vgg16().features[:VGG16_RELU3_3]
+        layers = _vgg16_first_layers()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save({f"features.{name}": tensor for name, tensor in layers.state_dict().items()}, path)
     return path
