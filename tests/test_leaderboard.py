@@ -120,7 +120,7 @@ def test_chapter_9_precomputes_exactly_the_purifiers_threat_models(asked):
 
 
 def test_chapters_6_to_8_run_autoattack_on_the_leaderboards_images():
-    """The evaluation images (500) with AutoAttack on the first 200 are the leaderboard's 200: the same
+    """The evaluation images (500) with AutoAttack on the first 150 are the leaderboard's 150: the same
     images (nested samples) under the same cache key, so chapter 11 loads what chapters 6-9 computed."""
     from advlib.recipes.common import autoattack_key
     run = config.setup("quick", device="cpu", quiet=True)

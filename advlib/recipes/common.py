@@ -136,7 +136,7 @@ def autoattack_key(run: Run, model_config: dict[str, Any], eps: float, section: 
     """What determines :func:`autoattack_examples` (its cache key); ``n_test``, the number of
     ``eval_subset`` test images, is read from the data when not given. The first n images of a
     sampled ``eval_subset`` are the sample of n (:func:`test_set`), so the key records that sample's
-    size: chapters 6-9 (1000 evaluation images, AutoAttack on 200) and chapters 10-11 (200) share them;
+    size: chapters 6-9 (500 evaluation images, AutoAttack on 150) and chapters 10-11 (150) share them;
     ``eval_subset=None`` is the test set in file order (the paper profile's "first 1000 images")."""
     if n_test is None:
         n_test = len(test_set(run, section["eval_subset"])[1])

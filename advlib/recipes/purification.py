@@ -275,10 +275,10 @@ def nrp_purifier(run: Run) -> tuple[nrp.NRPNetwork, list[dict[str, Any]]]:
                                    device=run.device, seed=run.seed, images_per_epoch=config["images_per_epoch"])
 
         def evaluate(trained: nn.Module) -> dict[str, float]:
-            defended = Purified(trained.purifier, frozen_classifier)
-            return {"val_mse_adv": float(((predict(trained.purifier, x_val_adv) - x_val) ** 2).mean()),
-                    "val_acc_clean": accuracy(defended, x_val, y_val),
-                    "val_acc_adv": accuracy(defended, x_val_adv, y_val)}
+            purified_adv = predict(trained.purifier, x_val_adv)
+            return {"val_mse_adv": float(((purified_adv - x_val) ** 2).mean()),
+                    "val_acc_clean": accuracy(Purified(trained.purifier, frozen_classifier), x_val, y_val),
+                    "val_acc_adv": accuracy(frozen_classifier, purified_adv, y_val)}
 
         trainer = defenses.build("nrp", extractor=nrp_feature_extractor(run), seed=run.seed,
                                  **{k: config[k] for k in NRP_TRAINING_KEYS})
