@@ -901,6 +901,16 @@ def test_seeded_network_ignores_and_keeps_the_global_rng():
     assert not all(torch.equal(a, c) for a, _, c in pairs)
 
 
+def test_a_classifier_network_takes_another_architecture_by_name():
+    """NRP's quick feature extractor is a classifier of its own (a width-8 small CNN), not chapter 1's."""
+    run = config.setup("quick", device="cpu", quiet=True)
+    default = recipes.network(run, "classifier", seed=0)
+    other = recipes.network(run, "classifier", seed=0, arch="small_cnn", width=4)
+    assert models.count_parameters(other) < models.count_parameters(default)  # chapter 1's is a ResNet20
+    assert other.net[0].out_channels == 4 and other.net[0].in_channels == 1
+    assert isinstance(other.normalize, models.Normalize)  # the dataset's normalisation, as chapter 1's
+
+
 @pytest.mark.parametrize("method", ["pgd_at", "dynat"])
 def test_an_adversarially_trained_model_starts_from_the_same_weights_whatever_ran_before(method, monkeypatch):
     run = config.setup("quick", device="cpu", quiet=True)

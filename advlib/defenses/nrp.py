@@ -35,7 +35,7 @@ from torch import nn
 
 from ..attacks.primitives import check_eps, check_step_settings, input_gradient, project_linf, uniform_start
 from ..models import Normalize
-from . import DEFENSES
+from . import DEFENSES, frozen
 from .adversarial_training import EpochSeeded
 
 # ESRGAN's residual scaling of every dense block and of every RRDB
@@ -135,15 +135,18 @@ def feature_distortion(features: torch.Tensor, reference: torch.Tensor) -> torch
 
 
 def self_supervised_perturbation(extractor: nn.Module, x: torch.Tensor, eps: float, step_size: float, steps: int,
-                                 generator: torch.Generator | None = None) -> torch.Tensor:
+                                 generator: torch.Generator | None = None,
+                                 reference: torch.Tensor | None = None) -> torch.Tensor:
     """SSP (Sec. 3): x' maximising Δ(F(x), F(x')) by ``steps`` sign-gradient steps of
     ``step_size`` from a uniform start in the ε-ball, each projected onto the ball and [0, 1]:
-    x'ₜ₊₁ = Π(x'ₜ + step·sign(∇Δ)). It needs neither labels nor the classifier to be defended."""
+    x'ₜ₊₁ = Π(x'ₜ + step·sign(∇Δ)). It needs neither labels nor the classifier to be defended.
+    ``reference`` is F(x) where the caller has it already."""
     check_eps(eps)
     check_step_settings(step_size, steps)
     x = x.detach()
-    with torch.no_grad():
-        reference = extractor(x)
+    if reference is None:
+        with torch.no_grad():
+            reference = extractor(x)
     perturbed = uniform_start(x, eps, generator)
     for _ in range(steps):
         gradient = input_gradient(lambda images: feature_distortion(extractor(images), reference).sum(), perturbed)
@@ -181,23 +184,25 @@ class NRPTrainingLoss(EpochSeeded):
         check_eps(eps)
         check_step_settings(step_size, steps)
         super().__init__(seed)
-        self.extractor = extractor.eval().requires_grad_(False)
+        self.extractor = frozen(extractor)
         self.eps, self.step_size, self.steps = eps, step_size, steps
         self.adversarial_weight, self.pixel_weight, self.feature_weight = adversarial_weight, pixel_weight, feature_weight
-        self._terms: dict[str, float] = {}
+        self._terms: dict[str, torch.Tensor] = {}  # summed on the device, read once per epoch
         self._batches = 0
 
     def __call__(self, model: NRPTraining, x: torch.Tensor, y: torch.Tensor, epoch: int
                  ) -> tuple[torch.Tensor, None]:
+        with torch.no_grad():
+            clean_features = self.extractor(x)
         perturbed = self_supervised_perturbation(self.extractor, x, self.eps, self.step_size, self.steps,
-                                                 self.generator(x.device, epoch))
+                                                 self.generator(x.device, epoch), clean_features)
         purified = model.purifier.restore(perturbed)
         fixed_critic = {name: p.detach() for name, p in model.critic.named_parameters()}
         clean_realness = model.critic(x)
         purified_realness = torch.func.functional_call(model.critic, fixed_critic, (purified,))
         terms = {"adversarial": relativistic_generator_loss(purified_realness, clean_realness.detach()),
                  "pixel": F.mse_loss(purified, x),
-                 "feature": feature_distortion(self.extractor(purified), self.extractor(x)).mean()}
+                 "feature": feature_distortion(self.extractor(purified), clean_features).mean()}
         purifier_loss = (self.adversarial_weight * terms["adversarial"] + self.pixel_weight * terms["pixel"]
                          + self.feature_weight * terms["feature"])
         terms["critic"] = relativistic_critic_loss(clean_realness, model.critic(purified.detach()))
@@ -206,13 +211,13 @@ class NRPTrainingLoss(EpochSeeded):
 
     def _record(self, terms: dict[str, torch.Tensor]) -> None:
         for name, value in terms.items():
-            self._terms[name] = self._terms.get(name, 0.0) + float(value.detach())
+            self._terms[name] = self._terms.get(name, 0.0) + value.detach()
         self._batches += 1
 
     def epoch_statistics(self) -> dict[str, float]:
         """The epoch's mean of each term (``loss_adversarial``, ``loss_pixel``, ``loss_feature``,
         ``loss_critic``), for the training curves; the sums restart."""
-        statistics = {f"loss_{name}": total / max(1, self._batches) for name, total in self._terms.items()}
+        statistics = {f"loss_{name}": float(total) / max(1, self._batches) for name, total in self._terms.items()}
         self._terms, self._batches = {}, 0
         return statistics
 
@@ -241,7 +246,7 @@ def vgg16_relu3_3(weights_file: str | Path | None = None) -> nn.Module:
     wanted = {name.removeprefix("features."): tensor for name, tensor in state.items()
               if name.startswith("features.") and int(name.split(".")[1]) < VGG16_RELU3_3}
     layers.load_state_dict(wanted)
-    return nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), layers).eval().requires_grad_(False)
+    return frozen(nn.Sequential(Normalize(IMAGENET_MEAN, IMAGENET_STD), layers))
 
 
 def features_up_to(classifier: nn.Module, stages: int) -> nn.Module:
@@ -251,7 +256,7 @@ def features_up_to(classifier: nn.Module, stages: int) -> nn.Module:
     layers = list(net.children())[:4 * stages]
     if stages < 1 or len(layers) < 4 * stages or not isinstance(layers[0], nn.Conv2d):
         raise ValueError(f"features_up_to needs a small_cnn with at least {stages} conv stages")
-    return nn.Sequential(normalize, *layers).eval().requires_grad_(False)
+    return frozen(nn.Sequential(normalize, *layers))
 
 
 def _vgg16_first_layers() -> nn.Sequential:

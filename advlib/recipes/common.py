@@ -70,7 +70,8 @@ def _architecture(run: Run, role: str, architecture: dict[str, Any]) -> nn.Modul
     spec = run.config[section]
     meta = data.info(run.dataset)
     if role == "classifier":
-        return models.for_dataset(spec["arch"], run.dataset)
+        settings = architecture if "arch" in architecture else {"arch": spec["arch"], **architecture}
+        return models.for_dataset(settings["arch"], run.dataset, **{k: v for k, v in settings.items() if k != "arch"})
     if role == "purifier":
         return models.build("cae", in_channels=meta.in_channels, **{**spec[key], **architecture})
     if role == "nrp":

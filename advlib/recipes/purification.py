@@ -8,10 +8,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import attacks, cache, data, defenses, distributed, models, papers
+from .. import attacks, cache, data, defenses, distributed, papers
 from ..attacks.primitives import in_mode, project_linf
 from ..defenses import nrp, soap
-from ..config import PURIFICATION_ATTACKS, Run, prepare_model
+from ..config import PURIFICATION_ATTACKS, Run
 from ..evaluation import Purified, accuracy, gray_box, predict
 from ..training import fit
 from .classifier import classifier, classifier_config
@@ -47,6 +47,14 @@ def adversarial_pairs(run: Run) -> tuple[data.ImageSet, Any]:
     return clean, project_linf(stored.float(), x_clean, attack_spec["eps"])
 
 
+def _split_pairs(run: Run) -> tuple[data.ImageSet, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The purifiers' pairs (:func:`adversarial_pairs`) and the indices of their training part and of
+    their held-out slice (a tenth, at most 500), the same for every purifier trained on them."""
+    clean, adversarial = adversarial_pairs(run)
+    rest, held_out = data.split_indices(len(clean), min(500, len(clean) // 10), run.seed)
+    return clean, adversarial, rest, held_out
+
+
 def _purifier_config(run: Run, role: str, extra: dict[str, Any], epochs: int,
                      architecture: dict[str, Any] | None = None) -> dict[str, Any]:
     spec = run.config["purification"]
@@ -67,8 +75,7 @@ def _purifier(run: Run, role: str, extra: dict[str, Any], loss_fn_factory: Calla
         return network(run, "purifier", seed=run.seed, initialise=initialise, **(architecture or {}))
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
-        clean, adversarial = adversarial_pairs(run)
-        rest, held_out = data.split_indices(len(clean), min(500, len(clean) // 10), run.seed)
+        clean, adversarial, rest, held_out = _split_pairs(run)
         x_val, y_val = clean.select(held_out).tensors(run.device)
         x_val_adv = adversarial[held_out].to(run.device)
         seen = rest[:len(held_out)]
@@ -231,10 +238,9 @@ def nrp_feature_extractor(run: Run) -> nn.Module:
     if config["arch"] == "vgg16":
         return nrp.vgg16_relu3_3().to(run.device)
 
-    def build() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(run.seed)
-            return prepare_model(models.for_dataset(config["arch"], run.dataset, width=config["width"]), run.device)
+    def build(initialise: bool) -> nn.Module:
+        return network(run, "classifier", seed=run.seed, initialise=initialise, arch=config["arch"],
+                       width=config["width"])
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
         clean = data.load(run.dataset, "train").subset(config["train_subset"], run.seed)
@@ -243,7 +249,7 @@ def nrp_feature_extractor(run: Run) -> nn.Module:
         return fit(model, loader, epochs=config["epochs"], optimizer=config["optimizer"], schedule=config["schedule"],
                    checkpoint=checkpoint, desc="nrp-features")
 
-    model, _ = cache.load_or_train("nrp-features", config, build(), train)
+    model, _ = cache.load_or_train("nrp-features", config, build, train)
     return nrp.features_up_to(model, config["stages"])
 
 
@@ -266,8 +272,7 @@ def nrp_purifier(run: Run) -> tuple[nrp.NRPNetwork, list[dict[str, Any]]]:
         return network(run, "nrp", seed=run.seed, initialise=initialise)
 
     def train(model: nn.Module, checkpoint) -> list[dict[str, Any]]:
-        clean, adversarial = adversarial_pairs(run)
-        rest, held_out = data.split_indices(len(clean), min(500, len(clean) // 10), run.seed)
+        clean, adversarial, rest, held_out = _split_pairs(run)
         x_val, y_val = clean.select(held_out).tensors(run.device)
         x_val_adv = adversarial[held_out].to(run.device)
         frozen_classifier, _ = classifier(run)
